@@ -1,0 +1,253 @@
+"""`python -m exporter build`: checkpoint -> engine directory (ONNX graphs, engines, config.json)."""
+from __future__ import annotations
+
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .engine_dir import check_output_target, staged_output, write_config
+from .errors import UserError
+
+VISION_ONNX = "vision.onnx"
+VISION_PLUGIN_ONNX = "vision_plugin.onnx"
+VISION_ENGINE = "vision.engine"
+TIMING_CACHE = "timing.cache"
+
+
+@dataclass
+class BuildOptions:
+    model: str
+    keep: int | None
+    out: Path
+    method: str = "hivtp"
+    random_weights: bool = False
+    precision: str = "fp16"
+    max_batch: int = 1
+    backend: str = "auto"  # auto | tensorrt | tensorrt-rtx | onnx
+    selector: str | None = None  # plugin | onnx | None = plugin when available
+    debug_scores: bool = False
+    text_tower: str | None = None
+    params: dict[str, Any] = field(default_factory=dict)
+    decoder: bool = True
+    max_input_len: int = 1024
+    max_output_len: int = 256
+    command: str = ""
+
+
+def _say(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def versions(backend=None) -> dict[str, str | None]:
+    import onnx
+    import torch
+    import transformers
+
+    out = {
+        "python": sys.version.split()[0],
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "onnx": onnx.__version__,
+    }
+    try:
+        import onnxruntime
+
+        out["onnxruntime"] = onnxruntime.__version__
+    except ImportError:
+        out["onnxruntime"] = None
+    out["tensorrt"] = f"{backend.name} {backend.version}" if backend else None
+    return out
+
+
+def _resolve_backend(name: str):
+    from . import trt_compat
+
+    if name == "onnx":
+        return None, "--backend onnx: ONNX graphs only"
+    if name == "auto":
+        backend = trt_compat.available_backend()
+        if backend is None:
+            return None, (
+                "no TensorRT library is installed (tensorrt or tensorrt-rtx); wrote the ONNX graphs "
+                "only. Install one (pip install 'edgeprune[rtx]') and build again to get engines"
+            )
+        return backend, None
+    return trt_compat.load_backend(name), None
+
+
+def _plugin_selector(options: BuildOptions, backend, cfg):
+    """(selector callable or None, plugin library path or None, reason)."""
+    wanted = options.selector
+    if wanted == "onnx" or backend is None:
+        if wanted == "plugin" and backend is None:
+            raise UserError("--selector plugin needs a TensorRT backend (tensorrt or tensorrt-rtx)")
+        return None, None, "standard ONNX ops"
+    try:
+        import plugins
+        from plugins.onnx_node import plugin_selector
+    except ImportError as exc:
+        if wanted == "plugin":
+            raise UserError(f"--selector plugin: the plugin package is unavailable ({exc})") from None
+        return None, None, "plugin package unavailable"
+    library = plugins.find_library(backend.name)
+    if library is None:
+        if wanted == "plugin":
+            raise UserError("--selector plugin: no plugin library built; run `python -m plugins build` first")
+        return None, None, "plugin library not built (python -m plugins build)"
+    return plugin_selector(cfg), Path(library), "plugin"
+
+
+def _load(options: BuildOptions):
+    from models import load_model
+    from models.loading import CheckpointError, ModelNotFound
+
+    try:
+        return load_model(options.model, random_weights=options.random_weights)
+    except (ModelNotFound, CheckpointError) as exc:
+        raise UserError(str(exc)) from None
+
+
+def _prune_config(options: BuildOptions, loaded):
+    from .pruning import make_config
+
+    parts = loaded.vision
+    try:
+        return make_config(
+            options.method, options.keep, grid=parts.grid, num_layers=parts.num_layers, **options.params
+        )
+    except ValueError as exc:
+        raise UserError(str(exc)) from None
+
+
+def _clip_projection(options: BuildOptions, loaded, cfg):
+    if cfg.method != "hiprune++":
+        return None
+    from models.loading import CheckpointError, ModelNotFound
+    from models.text_tower import load_visual_projection
+
+    try:
+        return load_visual_projection(loaded, options.text_tower)
+    except (ModelNotFound, CheckpointError) as exc:
+        raise UserError(str(exc)) from None
+
+
+def build(options: BuildOptions) -> Path:
+    from .onnx_export import export_vision_onnx
+
+    started = time.time()
+    if options.max_batch < 1:
+        raise UserError(f"--max-batch must be at least 1, got {options.max_batch}")
+    check_output_target(options.out)
+    backend, engine_reason = _resolve_backend(options.backend)
+    loaded = _load(options)
+    cfg = _prune_config(options, loaded)
+    projection = _clip_projection(options, loaded, cfg)
+    parts = loaded.vision
+    selector, plugin_lib, selector_reason = _plugin_selector(options, backend, cfg)
+
+    with staged_output(options.out) as work:
+        _say(f"exporting the {cfg.method} vision graph (K={cfg.output_count}, {options.precision})")
+        vision = export_vision_onnx(
+            parts, cfg, work / VISION_ONNX, precision=options.precision,
+            debug_scores=options.debug_scores, clip_projection=projection,
+        )
+        engine_onnx = work / VISION_ONNX
+        vision_section: dict[str, Any] = {
+            "onnx": VISION_ONNX,
+            "onnx_files": vision.pop("files"),
+            "engine": None,
+            "selector": "plugin" if selector else "onnx",
+            "selector_reason": selector_reason,
+            "pruning": cfg.describe(),
+            "inputs": vision["inputs"],
+            "outputs": vision["outputs"],
+            "preprocess": _preprocess(loaded),
+        }
+        if selector is not None:
+            from plugins.onnx_node import plugin_fields
+
+            export_vision_onnx(
+                parts, cfg, work / VISION_PLUGIN_ONNX, precision=options.precision, selector=selector,
+                debug_scores=options.debug_scores, clip_projection=projection,
+            )
+            engine_onnx = work / VISION_PLUGIN_ONNX
+            vision_section["plugin_onnx"] = VISION_PLUGIN_ONNX
+            vision_section["plugin"] = {"library": str(plugin_lib), "fields": plugin_fields(cfg)}
+        if loaded.processor is not None:
+            loaded.processor.save_pretrained(work / "processor")
+
+        decoder_section = None
+        decoder_module = _decoder_module() if options.decoder else None
+        if decoder_module is not None and loaded.model is not None:
+            decoder_section = decoder_module.export_decoder(
+                loaded, work, precision=options.precision, max_batch=options.max_batch,
+                max_input_len=options.max_input_len, max_output_len=options.max_output_len,
+                visual_tokens=cfg.output_count,
+            )
+
+        engine_section = {"backend": None, "version": None, "built": False, "reason": engine_reason}
+        if backend is not None:
+            engine_section = _build_engines(
+                backend, work, engine_onnx, vision_section, options, parts, cfg, plugin_lib
+            )
+            if decoder_section is not None:
+                decoder_section = decoder_module.build_decoder_engine(
+                    backend, work, decoder_section, timing_cache=work / TIMING_CACHE
+                )
+
+        write_config(work, {
+            "command": options.command,
+            "model": loaded.describe(),
+            "precision": options.precision,
+            "max_batch": options.max_batch,
+            "vision": vision_section,
+            "decoder": decoder_section,
+            "engine": engine_section,
+            "versions": versions(backend),
+            "build_seconds": round(time.time() - started, 1),
+        })
+    if not engine_section["built"]:
+        _say(f"no engine was built: {engine_reason}")
+    _say(f"wrote {options.out}")
+    return Path(options.out)
+
+
+def _preprocess(loaded) -> dict[str, Any]:
+    from models.specs import CLIP_MEAN, CLIP_STD
+
+    proc = getattr(loaded.processor, "image_processor", None)
+    return {
+        "image_size": loaded.vision.image_size,
+        "mean": list(getattr(proc, "image_mean", None) or CLIP_MEAN),
+        "std": list(getattr(proc, "image_std", None) or CLIP_STD),
+        "processor": "processor" if loaded.processor is not None else None,
+    }
+
+
+def _decoder_module():
+    try:
+        from . import decoder_export
+    except ImportError:
+        return None
+    return decoder_export
+
+
+def _build_engines(backend, work: Path, onnx_path: Path, vision_section, options, parts, cfg, plugin_lib):
+    from .trt_compat import build_engine
+
+    size = parts.image_size
+    shapes = {"pixel_values": ((1, 3, size, size), (1, 3, size, size), (options.max_batch, 3, size, size))}
+    if cfg.method == "hiprune++":
+        dim = vision_section["inputs"][1]["shape"][1]
+        shapes["text_embeds"] = ((1, dim), (1, dim), (options.max_batch, dim))
+    _say(f"building the vision engine with {backend.name} {backend.version}")
+    info = build_engine(
+        backend, onnx_path, work / VISION_ENGINE, profiles=[shapes], timing_cache=work / TIMING_CACHE,
+        plugin_libraries=[plugin_lib] if plugin_lib else (), label="vision engine",
+    )
+    vision_section["engine"] = VISION_ENGINE
+    vision_section["engine_io"] = info["io"]
+    vision_section["engine_profiles"] = info["profiles"]
+    return {"backend": backend.name, "version": backend.version, "built": True, "reason": None}

@@ -1,0 +1,109 @@
+"""Command line of the exporter: `build` and `inspect`. Bad input is one line and exit 2."""
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import sys
+from pathlib import Path
+
+from .errors import UserError
+from .pruning import METHODS
+
+EXIT_USAGE = 2
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):  # one line, not usage + line
+        print(f"error: {message}", file=sys.stderr)
+        raise SystemExit(EXIT_USAGE)
+
+
+def _param(text: str) -> tuple[str, object]:
+    if "=" not in text:
+        raise argparse.ArgumentTypeError(f"--param expects NAME=VALUE, got {text!r}")
+    name, value = text.split("=", 1)
+    try:
+        parsed = json.loads(value)
+    except ValueError:
+        parsed = value
+    if isinstance(parsed, list):
+        parsed = tuple(parsed)
+    return name.strip(), parsed
+
+
+def make_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="python -m exporter", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    b = sub.add_parser("build", help="export ONNX graphs and build engines into an engine directory")
+    b.add_argument("--model", required=True, help="tiny-llava, llava-1.5-7b, llava-1.5-13b, a HF id or a checkpoint dir")
+    b.add_argument("--keep", type=int, help="visual tokens kept per image (K); not needed for --method none")
+    b.add_argument("--method", default="hivtp", choices=METHODS)
+    b.add_argument("--param", action="append", type=_param, default=[], metavar="NAME=VALUE",
+                   help="method parameter, e.g. alpha=0.2, layers=[6,7,8], buffer_edges=discard")
+    b.add_argument("--random-weights", action="store_true", help="shape-exact random model from MODELS.md")
+    b.add_argument("--precision", default="fp16", choices=("fp16", "fp32"))
+    b.add_argument("--max-batch", type=int, default=1)
+    b.add_argument("--backend", default="auto", choices=("auto", "tensorrt", "tensorrt-rtx", "onnx"))
+    b.add_argument("--selector", choices=("plugin", "onnx"), help="default: plugin when its library is built")
+    b.add_argument("--text-tower", help="CLIP checkpoint (dir or HF id) for hiprune++")
+    b.add_argument("--debug-scores", action="store_true", help="add the per-layer scores as an output")
+    b.add_argument("--no-decoder", action="store_true", help="vision engine only")
+    b.add_argument("--max-input-len", type=int, default=1024)
+    b.add_argument("--max-output-len", type=int, default=256)
+    b.add_argument("--out", type=Path, help="engine directory (default: engines/<model>-<method>-k<K>)")
+
+    i = sub.add_parser("inspect", help="print an engine directory's configuration")
+    i.add_argument("dir", type=Path)
+    return parser
+
+
+def _build(args) -> int:
+    from .build import BuildOptions, build
+
+    if args.method != "none" and args.keep is None:
+        raise UserError(f"--keep is required for --method {args.method}")
+    out = args.out or Path("engines") / f"{Path(args.model).name}-{args.method}-k{args.keep or 'all'}"
+    build(BuildOptions(
+        model=args.model, keep=args.keep, out=out, method=args.method,
+        random_weights=args.random_weights, precision=args.precision, max_batch=args.max_batch,
+        backend=args.backend, selector=args.selector, debug_scores=args.debug_scores,
+        text_tower=args.text_tower, params=dict(args.param), decoder=not args.no_decoder,
+        max_input_len=args.max_input_len, max_output_len=args.max_output_len,
+        command=shlex.join(["python", "-m", "exporter", *sys.argv[1:]]),
+    ))
+    print(out)
+    return 0
+
+
+def _inspect(args) -> int:
+    from .engine_dir import read_config
+
+    config = read_config(args.dir)
+    vision = config["vision"]
+    pruning = vision["pruning"]
+    print(f"model      {config['model']['name']} ({config['model']['source']})")
+    print(f"method     {pruning['method']}  K={pruning['output_tokens']}  params={pruning['params']}")
+    print(f"precision  {config['precision']}  max batch {config['max_batch']}  selector {vision['selector']}")
+    engine = config["engine"]
+    print(f"engine     {engine['backend']} {engine['version']}" if engine["built"] else f"engine     none ({engine['reason']})")
+    for kind in ("inputs", "outputs"):
+        for t in vision[kind]:
+            print(f"{kind[:-1]:<10} {t['name']:<16} {t['shape']} {t['dtype']}")
+    print(f"decoder    {'yes' if config.get('decoder') else 'no'}")
+    for name, digest in config["artifacts"].items():
+        print(f"artifact   {name}  sha256:{digest[:16]}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = make_parser().parse_args(argv)
+    try:
+        return _build(args) if args.command == "build" else _inspect(args)
+    except UserError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print("error: interrupted; no engine directory was written", file=sys.stderr)
+        return 130

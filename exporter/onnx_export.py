@@ -1,0 +1,122 @@
+"""ONNX export of the pruned vision graph with pinned opset / IR version.
+
+Opset 17 (LayerNormalization) with IR version 8 is what ONNX Runtime, TensorRT 10.3's parser
+(JetPack 6.1/6.2) and TensorRT-RTX all accept; newer onnx releases would otherwise stamp a
+newer IR version that older runtimes reject.
+"""
+from __future__ import annotations
+
+import copy
+import warnings
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from models.parts import VisionParts
+
+from .pruning import PruneConfig
+from .vision_graph import PrunedVisionGraph, Selector
+
+ONNX_OPSET = 17
+ONNX_IR_VERSION = 8
+EXTERNAL_DATA_THRESHOLD = 1 << 30  # bytes of weights above which tensors go to a .data file
+
+TORCH_DTYPE = {"fp32": torch.float32, "fp16": torch.float16}
+DTYPE_NAME = {torch.float32: "float32", torch.float16: "float16", torch.int64: "int64"}
+
+
+def vision_io(parts: VisionParts, cfg: PruneConfig, precision: str, debug_scores: bool) -> dict[str, list]:
+    """The graph's declared I/O (-1 = dynamic batch), recorded in config.json."""
+    dtype = DTYPE_NAME[TORCH_DTYPE[precision]]
+    size = parts.image_size
+    k = cfg.output_count
+    inputs = [{"name": "pixel_values", "shape": [-1, 3, size, size], "dtype": dtype}]
+    if cfg.method == "hiprune++":
+        inputs.append({"name": "text_embeds", "shape": [-1, -2], "dtype": "float32"})
+    outputs = [
+        {"name": "visual_features", "shape": [-1, k, parts.llm_hidden], "dtype": dtype},
+        {"name": "kept_indices", "shape": [-1, k], "dtype": "int64"},
+    ]
+    if debug_scores:
+        outputs.append(
+            {"name": "layer_scores", "shape": [-1, len(cfg.layers), cfg.num_patches + 1], "dtype": "float32"}
+        )
+    return {"inputs": inputs, "outputs": outputs}
+
+
+def build_graph_module(
+    parts: VisionParts,
+    cfg: PruneConfig,
+    *,
+    precision: str = "fp32",
+    selector: Selector | None = None,
+    debug_scores: bool = False,
+    clip_projection: torch.nn.Module | None = None,
+) -> PrunedVisionGraph:
+    dtype = TORCH_DTYPE[precision]
+    if dtype != torch.float32 or next(parts.clip.parameters()).dtype != dtype:
+        parts = VisionParts(
+            copy.deepcopy(parts.vision_tower).to(dtype), copy.deepcopy(parts.projector).to(dtype), parts.config
+        )
+        if clip_projection is not None:
+            clip_projection = copy.deepcopy(clip_projection).to(dtype)
+    return PrunedVisionGraph(
+        parts, cfg, selector=selector, debug_scores=debug_scores, clip_projection=clip_projection
+    ).eval()
+
+
+def export_vision_onnx(
+    parts: VisionParts,
+    cfg: PruneConfig,
+    path: Path,
+    *,
+    precision: str = "fp32",
+    selector: Selector | None = None,
+    debug_scores: bool = False,
+    clip_projection: torch.nn.Module | None = None,
+) -> dict[str, Any]:
+    """Export to `path`; returns the I/O description and the file names written."""
+    import onnx
+
+    module = build_graph_module(
+        parts, cfg, precision=precision, selector=selector, debug_scores=debug_scores,
+        clip_projection=clip_projection,
+    )
+    size = parts.image_size
+    dtype = TORCH_DTYPE[precision]
+    pixel_values = torch.zeros(2, 3, size, size, dtype=dtype)
+    args: tuple = (pixel_values,)
+    input_names = ["pixel_values"]
+    dynamic_axes: dict[str, dict[int, str]] = {"pixel_values": {0: "batch"}}
+    if cfg.method == "hiprune++":
+        args = (pixel_values, torch.ones(2, clip_projection.out_features))
+        input_names.append("text_embeds")
+        dynamic_axes["text_embeds"] = {0: "batch"}
+    output_names = ["visual_features", "kept_indices"] + (["layer_scores"] if debug_scores else [])
+    for name in output_names:
+        dynamic_axes[name] = {0: "batch"}
+
+    path = Path(path)
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            module, args, str(path), input_names=input_names, output_names=output_names,
+            dynamic_axes=dynamic_axes, opset_version=ONNX_OPSET, dynamo=False,
+        )
+    model = onnx.load(str(path))
+    model.ir_version = ONNX_IR_VERSION
+    weight_bytes = sum(t.ByteSize() for t in model.graph.initializer)
+    files = [path.name]
+    if weight_bytes > EXTERNAL_DATA_THRESHOLD:
+        data_name = path.name + ".data"
+        onnx.save_model(model, str(path), save_as_external_data=True, all_tensors_to_one_file=True,
+                        location=data_name, size_threshold=1024)
+        files.append(data_name)
+    else:
+        onnx.save_model(model, str(path))
+    onnx.checker.check_model(str(path))
+    io = vision_io(parts, cfg, precision, debug_scores)
+    if cfg.method == "hiprune++":
+        io["inputs"][1]["shape"] = [-1, clip_projection.out_features]
+    return {**io, "files": files}

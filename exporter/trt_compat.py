@@ -1,0 +1,190 @@
+"""One small layer over the two TensorRT flavours the project supports.
+
+`tensorrt` (>= 10.3: JetPack 6.1/6.2 on Orin, desktop 10.x/11.x) comes first; TensorRT for RTX
+(`tensorrt_rtx_bindings`) is the second backend and the one that builds engines ahead of time
+on a machine without a GPU. Both networks are created strongly typed, so an fp16 engine comes
+from an fp16 ONNX graph (with its float32 islands) on either library, with the same calls.
+"""
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import ModuleType
+from typing import Any, Sequence
+
+from .errors import UserError
+
+BACKENDS = ("tensorrt", "tensorrt-rtx")
+MIN_TENSORRT = (10, 3)
+INSTALL_HINT = {
+    "tensorrt": "install TensorRT >= 10.3 (JetPack 6.1+ on Orin, or `pip install tensorrt` on a desktop GPU host)",
+    "tensorrt-rtx": "install TensorRT for RTX: `pip install 'edgeprune[rtx]'` "
+    "(tensorrt-rtx-cu13-bindings and tensorrt-rtx-cu13-libs)",
+}
+
+
+@dataclass
+class TrtBackend:
+    name: str  # "tensorrt" | "tensorrt-rtx"
+    version: str
+    trt: ModuleType
+    logger: Any = field(default=None, repr=False)
+
+    @property
+    def major(self) -> int:
+        return int(self.version.split(".")[0])
+
+
+def _import(name: str) -> TrtBackend:
+    if name == "tensorrt":
+        module = importlib.import_module("tensorrt")
+        version = getattr(module, "__version__", "0")
+        parts = tuple(int(p) for p in version.split(".")[:2] if p.isdigit())
+        if parts < MIN_TENSORRT:
+            raise UserError(f"TensorRT {version} is too old: edgeprune needs >= 10.3; {INSTALL_HINT[name]}")
+    else:
+        importlib.import_module("tensorrt_rtx_libs")  # puts the shared libraries on the path
+        module = importlib.import_module("tensorrt_rtx_bindings")
+        version = getattr(module, "__version__", "0")
+    return TrtBackend(name, version, module, module.Logger(module.Logger.WARNING))
+
+
+def load_backend(name: str = "auto") -> TrtBackend:
+    """`auto` prefers standard TensorRT and falls back to TensorRT-RTX."""
+    if name not in ("auto", *BACKENDS):
+        raise UserError(f"unknown TensorRT backend {name!r}: use auto, {', '.join(BACKENDS)}")
+    candidates = BACKENDS if name == "auto" else (name,)
+    reasons = []
+    for candidate in candidates:
+        try:
+            return _import(candidate)
+        except ImportError as exc:
+            reasons.append(f"{candidate}: {exc}")
+    if name == "auto":
+        raise UserError(
+            "no TensorRT library is installed (" + "; ".join(reasons) + "); "
+            + INSTALL_HINT["tensorrt"] + ", or " + INSTALL_HINT["tensorrt-rtx"]
+        )
+    raise UserError(f"--backend {name} needs {name}, which is not importable: {INSTALL_HINT[name]}")
+
+
+def available_backend() -> TrtBackend | None:
+    try:
+        return load_backend("auto")
+    except UserError:
+        return None
+
+
+class _Progress:
+    """Adapts TensorRT's IProgressMonitor to a tqdm bar over the top-level build phases."""
+
+    def __init__(self, trt: ModuleType, label: str):
+        from tqdm import tqdm
+
+        class Monitor(trt.IProgressMonitor):
+            def __init__(inner):
+                trt.IProgressMonitor.__init__(inner)
+                inner.bar = None
+
+            def phase_start(inner, phase_name, parent_phase, num_steps):
+                if parent_phase is None and inner.bar is None:
+                    inner.bar = tqdm(total=num_steps, desc=f"{label}: {phase_name}", unit="phase", leave=False)
+                elif inner.bar is not None and parent_phase is not None:
+                    inner.bar.set_postfix_str(phase_name[:40])
+
+            def step_complete(inner, phase_name, step):
+                if inner.bar is not None and phase_name == inner.bar.desc.split(": ", 1)[-1]:
+                    inner.bar.update(1)
+                return True
+
+            def phase_finish(inner, phase_name):
+                if inner.bar is not None and phase_name == inner.bar.desc.split(": ", 1)[-1]:
+                    inner.bar.close()
+                    inner.bar = None
+
+        self.monitor = Monitor()
+
+
+def _dtype_name(dtype: Any) -> str:
+    name = str(dtype).split(".")[-1].lower()
+    return {"float": "float32", "half": "float16", "int32": "int32", "int64": "int64", "bool": "bool"}.get(name, name)
+
+
+def _parse(backend: TrtBackend, onnx_path: Path):
+    trt = backend.trt
+    builder = trt.Builder(backend.logger)
+    flags = 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED)
+    network = builder.create_network(flags)
+    parser = trt.OnnxParser(network, backend.logger)
+    if not parser.parse_from_file(str(onnx_path)):
+        errors = "; ".join(parser.get_error(i).desc() for i in range(parser.num_errors))
+        raise UserError(f"{backend.name} could not parse {onnx_path.name}: {errors}")
+    return builder, network, parser
+
+
+def network_io(network) -> list[dict[str, Any]]:
+    """Names, shapes (-1 = dynamic) and dtypes of the parsed network's inputs and outputs."""
+    out = []
+    for kind, count, get in (
+        ("input", network.num_inputs, network.get_input),
+        ("output", network.num_outputs, network.get_output),
+    ):
+        for i in range(count):
+            t = get(i)
+            out.append({"name": t.name, "mode": kind, "shape": list(t.shape), "dtype": _dtype_name(t.dtype)})
+    return out
+
+
+def build_engine(
+    backend: TrtBackend,
+    onnx_path: Path,
+    engine_path: Path,
+    *,
+    profiles: Sequence[dict[str, tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]]]],
+    timing_cache: Path | None = None,
+    plugin_libraries: Sequence[Path] = (),
+    label: str = "engine",
+    workspace_bytes: int | None = None,
+) -> dict[str, Any]:
+    """Parse, build and serialise one engine; returns its I/O and build facts for config.json."""
+    trt = backend.trt
+    registry = trt.get_plugin_registry()
+    for lib in plugin_libraries:
+        registry.load_library(str(lib))
+    builder, network, _parser = _parse(backend, Path(onnx_path))
+    config = builder.create_builder_config()
+    for shapes in profiles:
+        profile = builder.create_optimization_profile()
+        for name, (lo, opt, hi) in shapes.items():
+            profile.set_shape(name, lo, opt, hi)
+        config.add_optimization_profile(profile)
+    if workspace_bytes:
+        config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, workspace_bytes)
+    if plugin_libraries and hasattr(config, "plugins_to_serialize"):
+        config.plugins_to_serialize = [str(p) for p in plugin_libraries]
+
+    cache = None
+    if timing_cache is not None and hasattr(config, "create_timing_cache"):
+        blob = timing_cache.read_bytes() if timing_cache.exists() else b""
+        cache = config.create_timing_cache(blob)
+        config.set_timing_cache(cache, False)
+    progress = _Progress(trt, label)
+    config.progress_monitor = progress.monitor
+
+    serialized = builder.build_serialized_network(network, config)
+    if serialized is None:
+        raise UserError(f"{backend.name} failed to build {engine_path.name} (see the TensorRT log above)")
+    Path(engine_path).write_bytes(memoryview(serialized))
+    if cache is not None:
+        timing_cache.write_bytes(memoryview(cache.serialize()))
+    return {
+        "file": Path(engine_path).name,
+        "backend": backend.name,
+        "version": backend.version,
+        "io": network_io(network),
+        "profiles": [
+            {name: [list(s) for s in shapes] for name, shapes in p.items()} for p in profiles
+        ],
+        "plugins": [Path(p).name for p in plugin_libraries],
+    }

@@ -1,0 +1,146 @@
+"""The pruned vision graph: CLIP up to the feature layer, attention scores only where the
+method needs them, in-graph selection, gather, and the projector on the K kept rows.
+
+Written as its own nn.Module over the checkpoint's submodules (rather than calling the HF
+forward with output_attentions) so that only the scored layers materialise attention
+probabilities, the others keep the fused attention pattern TensorRT recognises, layer 24 is
+never computed, and fp16 graphs keep LayerNorm, softmax and score reductions in float32.
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from models.parts import VisionParts
+
+from .pruning import PruneConfig, vectorized
+
+Selector = Callable[[torch.Tensor, "torch.Tensor | None"], torch.Tensor]
+
+
+def standard_selector(cfg: PruneConfig) -> Selector:
+    """The standard-op selection (runs everywhere; the plugin selector replaces it in TensorRT)."""
+
+    def select(layer_rows: torch.Tensor, similarity: torch.Tensor | None) -> torch.Tensor:
+        return vectorized.select(cfg, layer_rows, similarity)
+
+    return select
+
+
+def _layer_norm(module: nn.LayerNorm, x: torch.Tensor) -> torch.Tensor:
+    """LayerNorm in float32 whatever the graph dtype: CLIP activations overflow it in fp16."""
+    return F.layer_norm(
+        x.float(), module.normalized_shape, module.weight.float(), module.bias.float(), module.eps
+    ).to(x.dtype)
+
+
+def _split_heads(x: torch.Tensor, heads: int) -> torch.Tensor:
+    b, s, d = x.shape
+    return x.reshape(b, s, heads, d // heads).transpose(1, 2)
+
+
+class PrunedVisionGraph(nn.Module):
+    def __init__(
+        self,
+        parts: VisionParts,
+        cfg: PruneConfig,
+        *,
+        selector: Selector | None = None,
+        debug_scores: bool = False,
+        clip_projection: nn.Module | None = None,
+    ):
+        super().__init__()
+        self.cfg = cfg
+        self.clip = parts.clip
+        self.projector = parts.projector
+        self.heads = parts.config.vision_config.num_attention_heads
+        self.run_layers = parts.feature_layer
+        self.score_layers = tuple(cfg.layers)
+        self.selector = selector or standard_selector(cfg)
+        self.debug_scores = debug_scores
+        self.clip_projection = clip_projection
+        if cfg.method == "hiprune++" and clip_projection is None:
+            raise ValueError("hiprune++ needs the CLIP visual projection of a text tower")
+        last_needed = max(self.score_layers, default=-1) + 1
+        self.total_layers = max(self.run_layers, last_needed)
+
+    # -- attention ------------------------------------------------------------------------
+    def _qkv(self, attn: nn.Module, x: torch.Tensor):
+        return (
+            _split_heads(attn.q_proj(x), self.heads),
+            _split_heads(attn.k_proj(x), self.heads),
+            _split_heads(attn.v_proj(x), self.heads),
+        )
+
+    def _merge(self, attn: nn.Module, out: torch.Tensor) -> torch.Tensor:
+        b, h, s, d = out.shape
+        return attn.out_proj(out.transpose(1, 2).reshape(b, s, h * d))
+
+    def _fused_attention(self, attn: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        q, k, v = self._qkv(attn, x)
+        return self._merge(attn, F.scaled_dot_product_attention(q, k, v, scale=attn.scale))
+
+    def _scored_attention(self, attn: nn.Module, x: torch.Tensor, need_output: bool):
+        """Explicit probabilities (float32 softmax), reduced at once to the layer score: the mean
+        over heads and query rows of the attention each token receives."""
+        q, k, v = self._qkv(attn, x)
+        probs = torch.softmax(torch.matmul(q, k.transpose(-1, -2)).float() * attn.scale, dim=-1)
+        score = probs.mean(dim=(1, 2))  # (B, 1+N) float32
+        out = self._merge(attn, torch.matmul(probs.to(v.dtype), v)) if need_output else None
+        return out, score
+
+    # -- forward ----------------------------------------------------------------------------
+    def encode(self, pixel_values: torch.Tensor):
+        """Hidden state after `run_layers` layers, and the scores of the method's layers."""
+        dtype = self.clip.embeddings.patch_embedding.weight.dtype
+        h = self.clip.embeddings(pixel_values.to(dtype))
+        h = _layer_norm(self.clip.pre_layrnorm, h)
+        scores: dict[int, torch.Tensor] = {}
+        features = h
+        for i in range(self.total_layers):
+            layer = self.clip.encoder.layers[i]
+            x = _layer_norm(layer.layer_norm1, h)
+            need_output = i < self.run_layers
+            if i in self.score_layers:
+                attn_out, scores[i] = self._scored_attention(layer.self_attn, x, need_output)
+            else:
+                attn_out = self._fused_attention(layer.self_attn, x)
+            if not need_output:
+                continue
+            h = h + attn_out
+            h = h + layer.mlp(_layer_norm(layer.layer_norm2, h))
+            if i == self.run_layers - 1:
+                features = h
+        return features, scores
+
+    def prompt_similarity(self, patch_features: torch.Tensor, text_embeds: torch.Tensor) -> torch.Tensor:
+        """Cosine between each patch's CLIP image embedding and the prompt's text embedding."""
+        image = self.clip_projection(_layer_norm(self.clip.post_layernorm, patch_features)).float()
+        image = image / image.norm(dim=-1, keepdim=True)
+        text = text_embeds.float()
+        text = text / text.norm(dim=-1, keepdim=True)
+        return torch.matmul(image, text.unsqueeze(-1)).squeeze(-1)
+
+    def forward(self, pixel_values: torch.Tensor, text_embeds: torch.Tensor | None = None):
+        features, scores = self.encode(pixel_values)
+        patches = features[:, 1:]
+        if self.cfg.method == "none":
+            kept = self.selector(patches[..., :0, 0].unsqueeze(1), None)
+            selected = patches
+        else:
+            rows = torch.stack([scores[i][:, 1:] for i in self.score_layers], dim=1)
+            similarity = None
+            if self.cfg.method == "hiprune++":
+                similarity = self.prompt_similarity(patches, text_embeds)
+            kept = self.selector(rows, similarity)
+            index = kept.unsqueeze(-1).expand(-1, -1, patches.shape[-1])
+            selected = torch.gather(patches, 1, index)
+        visual = self.projector(selected)
+        outputs = [visual, kept]
+        if self.debug_scores:
+            outputs.append(torch.stack([scores[i] for i in self.score_layers], dim=1)
+                           if self.score_layers else features[:, :, :0].float().unsqueeze(1))
+        return tuple(outputs)

@@ -1,0 +1,130 @@
+"""Turn a MODEL argument into loaded weights: built-in tiny model, alias, Hugging Face id (local
+cache only: these machines have no hub access), local checkpoint directory, or a shape-exact
+random-weight model."""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .parts import VisionParts, vision_parts
+from .specs import SPECS, llava_config, spec_for
+from .tiny import TINY_NAME, ensure_tiny_checkpoint
+
+SUPPORTED_MODEL_TYPES = ("llava",)
+
+
+class ModelNotFound(ValueError):
+    """The MODEL argument names nothing that can be loaded here."""
+
+
+class CheckpointError(ValueError):
+    """The checkpoint exists but cannot be read or is not a supported architecture."""
+
+
+@dataclass
+class LoadedModel:
+    name: str
+    source: str  # builtin | local | hf-cache | random-weights
+    path: Path | None
+    config: Any
+    vision: VisionParts
+    model: torch.nn.Module | None = None  # the full LlavaForConditionalGeneration when loaded
+    processor: Any | None = None
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "source": self.source,
+            "path": str(self.path) if self.path else None,
+            "architecture": type(self.model).__name__ if self.model is not None else "LlavaForConditionalGeneration",
+            "model_type": self.config.model_type,
+            "vision_layers": self.config.vision_config.num_hidden_layers,
+            "vision_hidden": self.config.vision_config.hidden_size,
+            "llm_hidden": self.config.text_config.hidden_size,
+            "image_size": self.config.vision_config.image_size,
+            "patch_size": self.config.vision_config.patch_size,
+            "vision_feature_layer": self.config.vision_feature_layer,
+        }
+
+
+def _resolve_checkpoint(name: str) -> tuple[Path, str]:
+    if name == TINY_NAME:
+        return ensure_tiny_checkpoint(), "builtin"
+    local = Path(name).expanduser()
+    if local.is_dir():
+        return local, "local"
+    if local.exists():
+        raise CheckpointError(f"model path {name} is a file, not a checkpoint directory")
+    spec = spec_for(name)
+    repo_id = spec.hf_id if spec else name
+    if spec is None and (name.count("/") != 1 or name.startswith((".", "/", "~"))):
+        known = ", ".join([TINY_NAME, *SPECS])
+        raise ModelNotFound(
+            f"unknown model {name!r}: use one of {known}, a Hugging Face id, or a checkpoint directory"
+        )
+    from huggingface_hub import snapshot_download
+
+    try:
+        return Path(snapshot_download(repo_id, local_files_only=True)), "hf-cache"
+    except Exception:
+        hint = " (or pass --random-weights for a shape-exact random model)" if spec else ""
+        raise ModelNotFound(
+            f"model {repo_id} is not in the local Hugging Face cache; download it first with "
+            f"`hf download {repo_id}` or pass a checkpoint directory{hint}"
+        ) from None
+
+
+def _read_checkpoint(path: Path, name: str, source: str) -> LoadedModel:
+    cfg_file = path / "config.json"
+    if not cfg_file.is_file():
+        raise CheckpointError(f"{path} has no config.json: not a Hugging Face checkpoint directory")
+    try:
+        model_type = json.loads(cfg_file.read_text()).get("model_type")
+    except (OSError, ValueError) as exc:
+        raise CheckpointError(f"cannot read {cfg_file}: {exc}") from None
+    if model_type not in SUPPORTED_MODEL_TYPES:
+        raise CheckpointError(
+            f"{path} holds a {model_type!r} model; supported: {', '.join(SUPPORTED_MODEL_TYPES)}"
+        )
+    from transformers import AutoProcessor, LlavaForConditionalGeneration
+
+    try:
+        model = LlavaForConditionalGeneration.from_pretrained(
+            path, dtype="auto", local_files_only=True
+        ).eval()
+    except Exception as exc:  # corrupt or partial weights: one line, no traceback upstream
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise CheckpointError(f"cannot load checkpoint {path}: {first}") from None
+    try:
+        processor = AutoProcessor.from_pretrained(path, local_files_only=True)
+    except Exception:
+        processor = None  # vision export does not need it; the runtime reports its absence
+    return LoadedModel(name, source, path, model.config, vision_parts(model), model, processor)
+
+
+def _random_vision(name: str, seed: int) -> LoadedModel:
+    from transformers import CLIPVisionModel
+    from transformers.models.llava.modeling_llava import LlavaMultiModalProjector
+
+    spec = spec_for(name)
+    if spec is None:
+        known = ", ".join(SPECS)
+        raise ModelNotFound(f"--random-weights needs a model with known shapes ({known}), got {name!r}")
+    config = llava_config(spec)
+    torch.manual_seed(seed)
+    tower = CLIPVisionModel(config.vision_config).eval()
+    projector = LlavaMultiModalProjector(config).eval()
+    return LoadedModel(spec.alias, "random-weights", None, config, VisionParts(tower, projector, config))
+
+
+def load_model(name: str, *, random_weights: bool = False, seed: int = 0) -> LoadedModel:
+    """Load MODEL. With random_weights, only the vision tower and projector are built (the
+    decoder of a 7B model would not fit a CPU machine in fp32)."""
+    if random_weights and name != TINY_NAME:
+        return _random_vision(name, seed)
+    path, source = _resolve_checkpoint(name)
+    return _read_checkpoint(path, name, source)
