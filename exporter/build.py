@@ -122,7 +122,7 @@ def _prune_config(options: BuildOptions, loaded):
 
 
 def _clip_projection(options: BuildOptions, loaded, cfg):
-    if cfg.method != "hiprune++":
+    if not cfg.uses_prompt:
         return None
     from models.loading import CheckpointError, ModelNotFound
     from models.text_tower import load_visual_projection
@@ -239,7 +239,7 @@ def _build_engines(backend, work: Path, onnx_path: Path, vision_section, options
 
     size = parts.image_size
     shapes = {"pixel_values": ((1, 3, size, size), (1, 3, size, size), (options.max_batch, 3, size, size))}
-    if cfg.method == "hiprune++":
+    if cfg.uses_prompt:
         dim = vision_section["inputs"][1]["shape"][1]
         shapes["text_embeds"] = ((1, dim), (1, dim), (options.max_batch, dim))
     _say(f"building the vision engine with {backend.name} {backend.version}")

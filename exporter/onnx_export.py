@@ -32,7 +32,7 @@ def vision_io(parts: VisionParts, cfg: PruneConfig, precision: str, debug_scores
     size = parts.image_size
     k = cfg.output_count
     inputs = [{"name": "pixel_values", "shape": [-1, 3, size, size], "dtype": dtype}]
-    if cfg.method == "hiprune++":
+    if cfg.uses_prompt:
         inputs.append({"name": "text_embeds", "shape": [-1, -2], "dtype": "float32"})
     outputs = [
         {"name": "visual_features", "shape": [-1, k, parts.llm_hidden], "dtype": dtype},
@@ -89,7 +89,7 @@ def export_vision_onnx(
     args: tuple = (pixel_values,)
     input_names = ["pixel_values"]
     dynamic_axes: dict[str, dict[int, str]] = {"pixel_values": {0: "batch"}}
-    if cfg.method == "hiprune++":
+    if cfg.uses_prompt:
         args = (pixel_values, torch.ones(2, clip_projection.out_features))
         input_names.append("text_embeds")
         dynamic_axes["text_embeds"] = {0: "batch"}
@@ -117,6 +117,6 @@ def export_vision_onnx(
         onnx.save_model(model, str(path))
     onnx.checker.check_model(str(path))
     io = vision_io(parts, cfg, precision, debug_scores)
-    if cfg.method == "hiprune++":
+    if cfg.uses_prompt:
         io["inputs"][1]["shape"] = [-1, clip_projection.out_features]
     return {**io, "files": files}

@@ -62,7 +62,7 @@ class PrunedVisionGraph(nn.Module):
         self.selector = selector or standard_selector(cfg)
         self.debug_scores = debug_scores
         self.clip_projection = clip_projection
-        if cfg.method == "hiprune++" and clip_projection is None:
+        if cfg.uses_prompt and clip_projection is None:
             raise ValueError("hiprune++ needs the CLIP visual projection of a text tower")
         last_needed = max(self.score_layers, default=-1) + 1
         self.total_layers = max(self.run_layers, last_needed)
@@ -133,7 +133,7 @@ class PrunedVisionGraph(nn.Module):
         else:
             rows = torch.stack([scores[i][:, 1:] for i in self.score_layers], dim=1)
             similarity = None
-            if self.cfg.method == "hiprune++":
+            if self.cfg.uses_prompt:
                 similarity = self.prompt_similarity(patches, text_embeds)
             kept = self.selector(rows, similarity)
             index = kept.unsqueeze(-1).expand(-1, -1, patches.shape[-1])

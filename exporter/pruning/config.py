@@ -75,6 +75,11 @@ class PruneConfig:
         return round_half_even(self.keep * self.params["beta"] / 5)
 
     @property
+    def uses_prompt(self) -> bool:
+        """Whether the graph takes the prompt's text embedding (HiPrune++ with t > 0)."""
+        return self.num_extra > 0
+
+    @property
     def output_count(self) -> int | None:
         if self.method == "none":
             return self.num_patches

@@ -99,10 +99,9 @@ def anchors_and_buffers(object_score: torch.Tensor, cfg: PruneConfig) -> torch.T
     marked = marked + _shift(anchors, width) + _shift(anchors, -width)
     if cfg.params["buffer_edges"] == "clamp":
         # a - W below 0 clamps to patch 0; a + W past the end clamps to patch N-1
-        first = torch.zeros(n)
-        first[0] = 1.0
-        last = torch.zeros(n)
-        last[-1] = 1.0
+        position = torch.arange(n)
+        first = (position == 0).to(torch.float32)
+        last = (position == n - 1).to(torch.float32)
         marked = marked + anchors[..., :width].amax(-1, keepdim=True) * first
         marked = marked + anchors[..., n - width :].amax(-1, keepdim=True) * last
     return marked > 0

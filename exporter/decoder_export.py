@@ -1,0 +1,175 @@
+"""Export hook for the language model: ONNX with KV cache and the TensorRT-LLM prompt table.
+
+`exporter.build` calls `export_decoder` and then `build_decoder_engine`; the returned dict is the
+`decoder` section of config.json, which is everything the runtime needs to drive the graph (or a
+TensorRT-LLM engine built with the same limits) without the checkpoint.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .decoder_graph import DecoderShape, build_decoder_onnx, io_names
+from .errors import UserError
+
+DEFAULT_MAX_INPUT_LEN = 1024  # tokens incl. the K image positions: 576 + a long prompt fits
+DEFAULT_MAX_OUTPUT_LEN = 256
+ONNX_NAME = "decoder.onnx"
+ENGINE_NAME = "decoder.engine"
+CHAT_FORMAT = "USER: <image>\n{prompt} ASSISTANT:"
+
+
+def language_model(loaded, precision: str, seed: int = 0):
+    """The HF causal LM to export. Random-weight models get a shape-exact decoder built in the
+    export dtype directly (models.random_language), never an fp32 copy."""
+    if loaded.model is not None:
+        return loaded.model
+    if getattr(loaded, "language", None) is not None:
+        return loaded.language
+    from models.random_language import build_random_language
+
+    dtype = torch.float16 if precision == "fp16" else torch.float32
+    return build_random_language(loaded.config.text_config, dtype=dtype, seed=seed)
+
+
+def _shape(text_config, precision: str) -> DecoderShape:
+    heads = text_config.num_attention_heads
+    hidden = text_config.hidden_size
+    head_dim = getattr(text_config, "head_dim", None) or hidden // heads
+    return DecoderShape(
+        vocab_size=text_config.vocab_size, hidden=hidden, layers=text_config.num_hidden_layers,
+        heads=heads, kv_heads=getattr(text_config, "num_key_value_heads", None) or heads,
+        head_dim=head_dim, eps=float(text_config.rms_norm_eps),
+        dtype="float16" if precision == "fp16" else "float32",
+    )
+
+
+def profiles(section: dict[str, Any]) -> list[dict[str, tuple]]:
+    """Profile 0 = prefill (empty past), profile 1 = single-token decode (past >= 1)."""
+    b, k, h = section["max_batch"], section["visual_tokens"], section["hidden_size"]
+    kv, d = section["num_kv_heads"], section["head_dim"]
+    s_max, t_max = section["max_input_len"], section["max_seq_len"]
+    rows = max(1, b * k)
+    ob = 1
+    past_names, _ = io_names(section["num_layers"])
+
+    def common(seq, total, past, table):
+        shapes = {
+            "input_ids": tuple((x, y) for x, y in seq),
+            "position_ids": tuple((x, y) for x, y in seq),
+            "attention_mask": tuple((x, y) for x, y in total),
+            "prompt_embedding_table": tuple((r, h) for r in table),
+            "tasks": ((1,), (ob,), (b,)),
+            "prompt_vocab_size": ((1,), (1,), (1,)),
+        }
+        for n in past_names:
+            shapes[n] = tuple((x, kv, p, d) for x, p in past)
+        return shapes
+
+    opt_s = min(s_max, k + 64)
+    prefill = common(((1, 1), (ob, opt_s), (b, s_max)), ((1, 1), (ob, opt_s), (b, s_max)),
+                     ((1, 0), (ob, 0), (b, 0)), (1, min(rows, ob * k) or 1, rows))
+    decode = common(((1, 1), (ob, 1), (b, 1)), ((1, 2), (ob, opt_s + 32), (b, t_max)),
+                    ((1, 1), (ob, opt_s + 31), (b, t_max - 1)), (1, 1, rows))
+    return [prefill, decode]
+
+
+def export_decoder(loaded, workdir: Path, *, precision: str, max_batch: int, max_input_len: int,
+                   max_output_len: int, visual_tokens: int, seed: int = 0, progress: bool = True) -> dict:
+    """Write decoder.onnx (+ decoder.onnx.data) into workdir and return the config.json section."""
+    if precision not in ("fp16", "fp32"):
+        raise UserError(f"precision must be fp16 or fp32, got {precision!r}")
+    if max_input_len <= visual_tokens:
+        raise UserError(f"--max-input-len {max_input_len} must exceed the {visual_tokens} image tokens")
+    if max_output_len < 1 or max_batch < 1:
+        raise UserError("--max-output-len and --max-batch must be >= 1")
+    text_config = loaded.config.text_config
+    if getattr(text_config, "model_type", "llama") not in ("llama", "mistral"):
+        raise UserError(f"decoder export supports LLaMA-family language models, not {text_config.model_type!r}")
+    shape = _shape(text_config, precision)
+    model = language_model(loaded, precision, seed)
+    from models.random_language import language_parts
+
+    language, head = language_parts(model)
+    if any(getattr(m, "bias", None) is not None for m in language.layers[0].modules()
+           if isinstance(m, torch.nn.Linear)):
+        raise UserError("decoder export supports bias-free LLaMA projections only")
+    rotary = language.rotary_emb
+    workdir = Path(workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+
+    def layer(i: int) -> dict[str, torch.Tensor]:
+        return dict(language.layers[i].named_parameters())
+
+    steps = range(shape.layers)
+    if progress:
+        from tqdm import tqdm
+
+        steps = tqdm(steps, desc="decoder.onnx", unit="layer", leave=False)
+    with torch.no_grad():
+        build_decoder_onnx(shape, language.embed_tokens.weight, layer, language.norm.weight, head.weight,
+                           rotary.inv_freq, float(getattr(rotary, "attention_scaling", 1.0)),
+                           workdir / ONNX_NAME, steps)
+    dt = shape.dtype
+    past, present = io_names(shape.layers)
+    config = loaded.config
+    section = {
+        "onnx": ONNX_NAME,
+        "onnx_data": ONNX_NAME + ".data",
+        "engine": None,
+        "precision": precision,
+        "dtype": dt,
+        "weights": "random-weights" if loaded.model is None else "checkpoint",
+        "seed": seed if loaded.model is None else None,
+        "architecture": "llama",
+        "vocab_size": shape.vocab_size,
+        "hidden_size": shape.hidden,
+        "num_layers": shape.layers,
+        "num_heads": shape.heads,
+        "num_kv_heads": shape.kv_heads,
+        "head_dim": shape.head_dim,
+        "max_batch": max_batch,
+        "max_input_len": max_input_len,
+        "max_output_len": max_output_len,
+        "max_seq_len": max_input_len + max_output_len,
+        "visual_tokens": visual_tokens,
+        "prompt_table": {
+            "contract": "tensorrt-llm",
+            "fake_ids": "vocab_size + request * visual_tokens + j",
+            "tasks": "zeros",
+            "lookup": "id > vocab_size - 1 -> table[id - vocab_size + task * prompt_vocab_size]",
+            "prompt_vocab_size": visual_tokens,
+            "max_prompt_embedding_table_size": max_batch * visual_tokens,
+        },
+        "tokens": {
+            "image_token_id": getattr(config, "image_token_index", None),
+            "bos_token_id": getattr(text_config, "bos_token_id", None),
+            "eos_token_id": getattr(text_config, "eos_token_id", None),
+            "pad_token_id": getattr(config, "pad_token_id", None) or getattr(text_config, "pad_token_id", None),
+        },
+        "chat_format": CHAT_FORMAT,
+        "inputs": [
+            {"name": "input_ids", "shape": [-1, -1], "dtype": "int64"},
+            {"name": "prompt_embedding_table", "shape": [-1, shape.hidden], "dtype": dt},
+            {"name": "tasks", "shape": [-1], "dtype": "int64"},
+            {"name": "prompt_vocab_size", "shape": [1], "dtype": "int64"},
+            {"name": "position_ids", "shape": [-1, -1], "dtype": "int64"},
+            {"name": "attention_mask", "shape": [-1, -1], "dtype": "int64"},
+        ] + [{"name": n, "shape": [-1, shape.kv_heads, -1, shape.head_dim], "dtype": dt} for n in past],
+        "outputs": [{"name": "logits", "shape": [-1, shape.vocab_size], "dtype": "float32"}]
+        + [{"name": n, "shape": [-1, shape.kv_heads, -1, shape.head_dim], "dtype": dt} for n in present],
+    }
+    section["profiles"] = [{n: [list(s) for s in v] for n, v in p.items()} for p in profiles(section)]
+    return section
+
+
+def build_decoder_engine(backend, workdir: Path, section: dict, *, timing_cache: Path | None) -> dict:
+    """Build decoder.engine from decoder.onnx with the prefill and decode profiles."""
+    from .trt_compat import build_engine
+
+    workdir = Path(workdir)
+    info = build_engine(backend, workdir / section["onnx"], workdir / ENGINE_NAME,
+                        profiles=profiles(section), timing_cache=timing_cache, label="decoder")
+    return {**section, "engine": ENGINE_NAME, "engine_info": info}

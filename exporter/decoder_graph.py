@@ -1,0 +1,262 @@
+"""The LLaMA decoder as a hand-written ONNX graph with a KV cache and the TensorRT-LLM prompt table.
+
+Why by hand and not through `torch.onnx.export`: the graph must (a) follow the prompt-table
+contract exactly, (b) keep RMSNorm, softmax and logits in float32 inside an fp16 graph (both
+TensorRT backends are strongly typed), and (c) stream a 7B model's weights straight from fp16
+torch tensors into one external-data file, one tensor at a time, so host memory never holds a
+second copy of the weights (a tracing exporter materialises the whole model and its proto).
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterable
+
+import numpy as np
+import onnx
+import torch
+from onnx import TensorProto, helper
+
+OPSET = 17  # with IR 8: what TensorRT 10.3 (JetPack 6.1/6.2), RTX and ORT all accept
+_DTYPES = {"float16": TensorProto.FLOAT16, "float32": TensorProto.FLOAT}
+_ALIGN = 4096  # external-data alignment: lets runtimes mmap tensors
+
+
+@dataclass(frozen=True)
+class DecoderShape:
+    vocab_size: int
+    hidden: int
+    layers: int
+    heads: int
+    kv_heads: int
+    head_dim: int
+    eps: float
+    dtype: str  # float16 | float32
+
+    @property
+    def onnx_dtype(self) -> int:
+        return _DTYPES[self.dtype]
+
+
+class _Weights:
+    """Appends tensors to one external-data file as they are produced and returns initializers
+    that only reference it, so the ModelProto stays a few kilobytes whatever the model size."""
+
+    def __init__(self, data_path: Path):
+        self.path = data_path
+        self.file = open(data_path, "wb")
+        self.offset = 0
+        self.initializers: list[TensorProto] = []
+
+    def add(self, name: str, array: np.ndarray) -> str:
+        array = np.ascontiguousarray(array)
+        pad = (-self.offset) % _ALIGN
+        if pad:
+            self.file.write(b"\0" * pad)
+            self.offset += pad
+        self.file.write(memoryview(array).cast("B"))
+        tensor = TensorProto(name=name, dims=list(array.shape),
+                             data_type=helper.np_dtype_to_tensor_dtype(array.dtype))
+        tensor.data_location = TensorProto.EXTERNAL
+        for key, value in (("location", self.path.name), ("offset", str(self.offset)),
+                           ("length", str(array.nbytes))):
+            entry = tensor.external_data.add()
+            entry.key, entry.value = key, value
+        self.offset += array.nbytes
+        self.initializers.append(tensor)
+        return name
+
+    def close(self) -> None:
+        self.file.close()
+
+
+class _Graph:
+    """Tiny node builder: unique names, small constants inline, big ones to external data."""
+
+    def __init__(self, weights: _Weights):
+        self.nodes: list[onnx.NodeProto] = []
+        self.consts: list[TensorProto] = []
+        self.weights = weights
+        self._n = 0
+
+    def op(self, op_type: str, *inputs: str, n_out: int = 1, **attrs) -> str | list[str]:
+        self._n += 1
+        outs = [f"{op_type.lower()}_{self._n}_{i}" for i in range(n_out)]
+        self.nodes.append(helper.make_node(op_type, list(inputs), outs, name=f"{op_type}_{self._n}", **attrs))
+        return outs[0] if n_out == 1 else outs
+
+    def const(self, value, dtype=np.int64) -> str:
+        self._n += 1
+        name = f"const_{self._n}"
+        self.consts.append(onnx.numpy_helper.from_array(np.asarray(value, dtype=dtype), name))
+        return name
+
+
+def _np(t: torch.Tensor, dtype: str, transpose: bool = False) -> np.ndarray:
+    t = t.detach()
+    if transpose:
+        t = t.t()
+    t = t.to(torch.float16 if dtype == "float16" else torch.float32).contiguous()
+    return t.numpy()
+
+
+def _rms_norm(g: _Graph, x: str, weight: str, eps: float, dtype: int) -> str:
+    """HF LlamaRMSNorm: statistics in float32, scale applied after casting back."""
+    x32 = g.op("Cast", x, to=TensorProto.FLOAT) if dtype != TensorProto.FLOAT else x
+    var = g.op("ReduceMean", g.op("Mul", x32, x32), axes=[-1], keepdims=1)
+    inv = g.op("Reciprocal", g.op("Sqrt", g.op("Add", var, g.const(eps, np.float32))))
+    y = g.op("Mul", x32, inv)
+    if dtype != TensorProto.FLOAT:
+        y = g.op("Cast", y, to=dtype)
+    return g.op("Mul", weight, y)
+
+
+def _rotate(g: _Graph, x: str, cos: str, sin: str, half: int) -> str:
+    x1, x2 = g.op("Split", x, g.const([half, half]), axis=-1, n_out=2)
+    rotated = g.op("Concat", g.op("Neg", x2), x1, axis=-1)
+    return g.op("Add", g.op("Mul", x, cos), g.op("Mul", rotated, sin))
+
+
+def _heads(g: _Graph, x: str, n: int, d: int) -> str:
+    """(B, S, n*d) -> (B, n, S, d)"""
+    return g.op("Transpose", g.op("Reshape", x, g.const([0, 0, n, d])), perm=[0, 2, 1, 3])
+
+
+def _repeat_kv(g: _Graph, x: str, kv: int, rep: int, d: int) -> str:
+    if rep == 1:
+        return x
+    shape = g.op("Shape", x)
+    b, t = g.op("Gather", shape, g.const(0), axis=0), g.op("Gather", shape, g.const(2), axis=0)
+    un = g.op("Unsqueeze", x, g.const([2]))  # (B, kv, 1, T, d)
+    target = g.op("Concat", g.op("Unsqueeze", b, g.const([0])), g.const([kv, rep]),
+                  g.op("Unsqueeze", t, g.const([0])), g.const([d]), axis=0)
+    return g.op("Reshape", g.op("Expand", un, target), g.const([0, kv * rep, -1, d]))
+
+
+def io_names(layers: int) -> tuple[list[str], list[str]]:
+    past = [f"past_key_values.{i}.{kv}" for i in range(layers) for kv in ("key", "value")]
+    present = [f"present.{i}.{kv}" for i in range(layers) for kv in ("key", "value")]
+    return past, present
+
+
+def build_decoder_onnx(
+    shape: DecoderShape,
+    embed: torch.Tensor,
+    layer_weights: Callable[[int], dict[str, torch.Tensor]],
+    final_norm: torch.Tensor,
+    lm_head: torch.Tensor,
+    inv_freq: torch.Tensor,
+    attention_scaling: float,
+    onnx_path: Path,
+    progress: Iterable[int] | None = None,
+) -> None:
+    """Write `onnx_path` and `onnx_path.data`. `layer_weights(i)` returns layer i's tensors
+    (HF names without the `layers.i.` prefix); it is called once per layer so callers may
+    materialise layers lazily."""
+    onnx_path = Path(onnx_path)
+    weights = _Weights(onnx_path.with_name(onnx_path.name + ".data"))
+    g = _Graph(weights)
+    dt, d, H, kv = shape.onnx_dtype, shape.head_dim, shape.heads, shape.kv_heads
+    try:
+        # ---- embedding + prompt table lookup (TensorRT-LLM PromptTuningEmbedding) ----------
+        vocab = g.const(shape.vocab_size)
+        is_prompt = g.op("Greater", "input_ids", g.const(shape.vocab_size - 1))
+        text_ids = g.op("Where", is_prompt, g.const(0), "input_ids")
+        row = g.op("Add", g.op("Sub", "input_ids", vocab),
+                   g.op("Mul", g.op("Unsqueeze", "tasks", g.const([1])), "prompt_vocab_size"))
+        row = g.op("Where", is_prompt, row, g.const(0))
+        emb_w = weights.add("embed_tokens.weight", _np(embed, shape.dtype))
+        text_emb = g.op("Gather", emb_w, text_ids, axis=0)
+        prompt_emb = g.op("Gather", "prompt_embedding_table", row, axis=0)
+        h = g.op("Where", g.op("Unsqueeze", is_prompt, g.const([-1])), prompt_emb, text_emb)
+
+        # ---- rotary tables (float32, cast like HF) -----------------------------------------
+        freqs = g.op("Mul", g.op("Unsqueeze", g.op("Cast", "position_ids", to=TensorProto.FLOAT), g.const([-1])),
+                     g.const(inv_freq.float().numpy(), np.float32))
+        emb = g.op("Concat", freqs, freqs, axis=-1)
+        scale = g.const(attention_scaling, np.float32)
+        cos, sin = (g.op("Mul", g.op(fn, emb), scale) for fn in ("Cos", "Sin"))
+        if dt != TensorProto.FLOAT:
+            cos, sin = g.op("Cast", cos, to=dt), g.op("Cast", sin, to=dt)
+        cos, sin = g.op("Unsqueeze", cos, g.const([1])), g.op("Unsqueeze", sin, g.const([1]))
+
+        # ---- causal + padding mask (B, 1, S, T) --------------------------------------------
+        s_len = g.op("Gather", g.op("Shape", "input_ids"), g.const(1), axis=0)
+        t_len = g.op("Gather", g.op("Shape", "attention_mask"), g.const(1), axis=0)
+        k_pos = g.op("Range", g.const(0), t_len, g.const(1))
+        q_pos = g.op("Range", g.op("Sub", t_len, s_len), t_len, g.const(1))
+        causal = g.op("LessOrEqual", g.op("Unsqueeze", k_pos, g.const([0])), g.op("Unsqueeze", q_pos, g.const([1])))
+        keep = g.op("Cast", g.op("Unsqueeze", "attention_mask", g.const([1, 2])), to=TensorProto.BOOL)
+        allowed = g.op("And", g.op("Unsqueeze", causal, g.const([0, 1])), keep)
+        neg = g.const(np.finfo(np.float32).min, np.float32)
+        q_scale = g.const(d ** -0.5, np.float16 if dt == TensorProto.FLOAT16 else np.float32)
+
+        past, present = io_names(shape.layers)
+        for i in progress if progress is not None else range(shape.layers):
+            w = layer_weights(i)
+            p = f"layers.{i}."
+            ln1 = weights.add(p + "input_layernorm.weight", _np(w["input_layernorm.weight"], shape.dtype))
+            x = _rms_norm(g, h, ln1, shape.eps, dt)
+            proj = {n: weights.add(p + f"{n}.weight", _np(w[f"self_attn.{n}.weight"], shape.dtype, True))
+                    for n in ("q_proj", "k_proj", "v_proj", "o_proj")}
+            q = _heads(g, g.op("MatMul", x, proj["q_proj"]), H, d)
+            k = _heads(g, g.op("MatMul", x, proj["k_proj"]), kv, d)
+            v = _heads(g, g.op("MatMul", x, proj["v_proj"]), kv, d)
+            q, k = _rotate(g, q, cos, sin, d // 2), _rotate(g, k, cos, sin, d // 2)
+            k_all = g.op("Concat", past[2 * i], k, axis=2)
+            v_all = g.op("Concat", past[2 * i + 1], v, axis=2)
+            g.nodes.append(helper.make_node("Identity", [k_all], [present[2 * i]]))
+            g.nodes.append(helper.make_node("Identity", [v_all], [present[2 * i + 1]]))
+            k_rep, v_rep = _repeat_kv(g, k_all, kv, H // kv, d), _repeat_kv(g, v_all, kv, H // kv, d)
+            scores = g.op("MatMul", g.op("Mul", q, q_scale), g.op("Transpose", k_rep, perm=[0, 1, 3, 2]))
+            if dt != TensorProto.FLOAT:
+                scores = g.op("Cast", scores, to=TensorProto.FLOAT)
+            probs = g.op("Softmax", g.op("Where", allowed, scores, neg), axis=-1)
+            if dt != TensorProto.FLOAT:
+                probs = g.op("Cast", probs, to=dt)
+            attn = g.op("MatMul", probs, v_rep)
+            attn = g.op("Reshape", g.op("Transpose", attn, perm=[0, 2, 1, 3]), g.const([0, 0, H * d]))
+            h = g.op("Add", h, g.op("MatMul", attn, proj["o_proj"]))
+            ln2 = weights.add(p + "post_attention_layernorm.weight",
+                              _np(w["post_attention_layernorm.weight"], shape.dtype))
+            x = _rms_norm(g, h, ln2, shape.eps, dt)
+            mlp = {n: weights.add(p + f"{n}.weight", _np(w[f"mlp.{n}.weight"], shape.dtype, True))
+                   for n in ("gate_proj", "up_proj", "down_proj")}
+            gate = g.op("MatMul", x, mlp["gate_proj"])
+            act = g.op("Mul", gate, g.op("Sigmoid", gate))
+            h = g.op("Add", h, g.op("MatMul", g.op("Mul", act, g.op("MatMul", x, mlp["up_proj"])), mlp["down_proj"]))
+            del w
+
+        # ---- last position only -> float32 logits ------------------------------------------
+        last = g.op("Slice", h, g.const([-1]), g.const([np.iinfo(np.int64).max]), g.const([1]))
+        last = g.op("Reshape", last, g.const([0, shape.hidden]))
+        norm_w = weights.add("norm.weight", _np(final_norm, shape.dtype))
+        head_w = weights.add("lm_head.weight", _np(lm_head, shape.dtype, True))
+        logits = g.op("MatMul", _rms_norm(g, last, norm_w, shape.eps, dt), head_w)
+        g.nodes.append(helper.make_node("Cast", [logits], ["logits"], to=TensorProto.FLOAT)
+                       if dt != TensorProto.FLOAT else helper.make_node("Identity", [logits], ["logits"]))
+    finally:
+        weights.close()
+
+    i64 = TensorProto.INT64
+    inputs = [
+        helper.make_tensor_value_info("input_ids", i64, ["batch", "seq"]),
+        helper.make_tensor_value_info("prompt_embedding_table", dt, ["table_rows", shape.hidden]),
+        helper.make_tensor_value_info("tasks", i64, ["batch"]),
+        helper.make_tensor_value_info("prompt_vocab_size", i64, [1]),
+        helper.make_tensor_value_info("position_ids", i64, ["batch", "seq"]),
+        helper.make_tensor_value_info("attention_mask", i64, ["batch", "total"]),
+    ] + [helper.make_tensor_value_info(n, dt, ["batch", kv, "past", d]) for n in past]
+    outputs = [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", shape.vocab_size])] + [
+        helper.make_tensor_value_info(n, dt, ["batch", kv, "total", d]) for n in present
+    ]
+    graph = helper.make_graph(g.nodes, "edgeprune_decoder", inputs, outputs,
+                              initializer=g.consts + weights.initializers)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)],
+                              producer_name="edgeprune")
+    model.ir_version = 8
+    tmp = onnx_path.with_name(onnx_path.name + ".tmp")
+    with open(tmp, "wb") as f:
+        f.write(model.SerializeToString())
+    os.replace(tmp, onnx_path)

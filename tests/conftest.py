@@ -1,0 +1,31 @@
+"""Shared fixtures: the built-in tiny model is loaded once per test session."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+
+@pytest.fixture(scope="session")
+def tiny():
+    from models import load_model
+
+    return load_model("tiny-llava")
+
+
+@pytest.fixture(scope="session")
+def tiny_reference(tiny):
+    """Eager HF vision tower outputs for 3 fixed images: attention maps, features."""
+    from exporter.pruning import layer_scores
+
+    tower = tiny.vision.vision_tower
+    tower.config._attn_implementation = "eager"
+    gen = torch.Generator().manual_seed(7)
+    pixels = torch.randn(3, 3, 336, 336, generator=gen)
+    with torch.no_grad():
+        out = tower(pixels, output_attentions=True, output_hidden_states=True)
+    return {
+        "pixels": pixels,
+        "scores": layer_scores(out.attentions),
+        "features": out.hidden_states[-2][:, 1:],
+        "post_layernorm_input": out.hidden_states[-2][:, 1:],
+    }
