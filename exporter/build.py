@@ -91,12 +91,32 @@ def _plugin_selector(options: BuildOptions, backend, cfg):
         if wanted == "plugin":
             raise UserError(f"--selector plugin: the plugin package is unavailable ({exc})") from None
         return None, None, "plugin package unavailable"
+    if cfg.method == "none" or cfg.keep is None:
+        if wanted == "plugin":
+            raise UserError(f"--selector plugin: method {cfg.method!r} has no selection to put in a plugin")
+        return None, None, "no selection (method none)"
     library = plugins.find_library(backend.name)
     if library is None:
         if wanted == "plugin":
             raise UserError("--selector plugin: no plugin library built; run `python -m plugins build` first")
         return None, None, "plugin library not built (python -m plugins build)"
+    if backend.name == "tensorrt-rtx" and not _rtx_parser_can_load_plugins():
+        hint = 'export LD_LIBRARY_PATH="$(python -m plugins rtx-env):$LD_LIBRARY_PATH" before running'
+        if wanted == "plugin":
+            raise UserError(f"--selector plugin with tensorrt-rtx needs libtensorrt_rtx.so on LD_LIBRARY_PATH: {hint}")
+        return None, None, f"TensorRT-RTX cannot load plugins in this process ({hint})"
     return plugin_selector(cfg), Path(library), "plugin"
+
+
+def _rtx_parser_can_load_plugins() -> bool:
+    """TensorRT-RTX's parser dlopens the unversioned libtensorrt_rtx.so for plugin nodes and
+    aborts the process when it is missing, so check before handing it a plugin graph."""
+    import os
+
+    for folder in os.environ.get("LD_LIBRARY_PATH", "").split(os.pathsep):
+        if folder and (Path(folder) / "libtensorrt_rtx.so").exists():
+            return True
+    return False
 
 
 def _load(options: BuildOptions):

@@ -1,0 +1,270 @@
+#!/usr/bin/env python3
+"""Reproduce an engine directory's numbers with NVIDIA's own tools, and check its outputs.
+
+    python scripts/compare_engines.py ENGINE_DIR [--batch 1] [--run] [--json FILE]
+
+Prints the exact `trtexec` command (engine, plugin library, shapes of every input; on
+TensorRT 10.x `--useCudaGraph --noDataTransfers --useSpinWait`, which TensorRT 11 does by
+default, so figures from both compare) and the `polygraphy run` commands that compare the
+TensorRT engine with ONNX Runtime on the same inputs, the plugin library loaded. With --run
+and the tools present, runs them and reports trtexec's performance summary and polygraphy's
+verdict in the row format of `python -m runtime bench --json`. Without TensorRT, --run
+compares the standard-op graph under ONNX Runtime with the PyTorch reference instead.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import shlex
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+TRT10_COMPARABLE_FLAGS = ["--useCudaGraph", "--noDataTransfers", "--useSpinWait"]
+# kept_indices must agree exactly; features get the fp16 engine's tolerance.
+TOLERANCES = {"kept_indices": (0.0, 0.0), "visual_features": (1e-2, 1e-2)}
+
+# ---- trtexec's performance summary -------------------------------------------------------
+_STAT = re.compile(r"(min|max|mean|median|percentile\((\d+(?:\.\d+)?)%\))\s*=\s*([-+\d.eE]+)\s*ms")
+_LINES = {
+    "Latency": "latency_ms",
+    "End-to-End Host Latency": "end_to_end_host_latency_ms",
+    "Enqueue Time": "enqueue_time_ms",
+    "H2D Latency": "h2d_latency_ms",
+    "GPU Compute Time": "gpu_compute_time_ms",
+    "D2H Latency": "d2h_latency_ms",
+}
+
+
+def parse_trtexec(text: str) -> dict[str, Any]:
+    """trtexec's "=== Performance summary ===" block -> {throughput_qps, <line>_ms: {min, max,
+    mean, median, p90, p95, p99, ...}, total_host_walltime_s, total_gpu_compute_time_s}.
+    Lines carry a "[date-time] [I] " prefix in every TensorRT release; it is ignored."""
+    start = text.find("=== Performance summary ===")
+    if start < 0:
+        raise ValueError("no '=== Performance summary ===' block in the trtexec output")
+    out: dict[str, Any] = {}
+    for raw in text[start:].splitlines()[1:]:
+        line = re.sub(r"^(\[[^\]]*\]\s*)+", "", raw).strip()
+        if line.startswith("==="):
+            break
+        if line.startswith("Throughput:"):
+            out["throughput_qps"] = float(line.split(":", 1)[1].split()[0])
+            continue
+        m = re.match(r"Total (Host Walltime|GPU Compute Time):\s*([-+\d.eE]+)\s*s", line)
+        if m:
+            out["total_" + m.group(1).lower().replace(" ", "_") + "_s"] = float(m.group(2))
+            continue
+        name, _, rest = line.partition(":")
+        if name in _LINES:
+            stats = {}
+            for key, pct, value in _STAT.findall(rest):
+                stats[f"p{pct.rstrip('0').rstrip('.') if '.' in pct else pct}" if pct else key] = float(value)
+            out[_LINES[name]] = stats
+    if "throughput_qps" not in out or "gpu_compute_time_ms" not in out:
+        raise ValueError("the trtexec performance summary lacks Throughput or GPU Compute Time")
+    return out
+
+
+# ---- polygraphy's verdict ----------------------------------------------------------------
+def parse_polygraphy(text: str) -> dict[str, Any]:
+    """Per-output PASSED/FAILED lines and the final verdict of `polygraphy run`."""
+    outputs = {}
+    for status, name in re.findall(r"(PASSED|FAILED) \| Output: '([^']+)'", text):
+        outputs[name] = status == "PASSED"
+    final = re.findall(r"\b(PASSED|FAILED) \| Runtime: ([\d.]+)s \| Command: ", text)
+    passed = (final[-1][0] == "PASSED") if final else (bool(outputs) and all(outputs.values()))
+    return {"passed": passed, "outputs": outputs}
+
+
+# ---- commands ----------------------------------------------------------------------------
+def _shape(dims: list[int], batch: int, name: str, overrides: dict[str, list[int]]) -> list[int]:
+    if name in overrides:
+        return overrides[name]
+    out = [batch if d == -1 else d for d in dims]
+    if any(d < 0 for d in out):
+        raise ValueError(f"input {name!r} has an unknown dimension {dims}; pass --shape {name}:AxB")
+    return out
+
+
+def input_shapes(config: dict, batch: int, overrides: dict[str, list[int]] | None = None) -> dict[str, list[int]]:
+    return {
+        i["name"]: _shape(i["shape"], batch, i["name"], overrides or {}) for i in config["vision"]["inputs"]
+    }
+
+
+def trtexec_command(engine_dir: Path, config: dict, shapes: dict[str, list[int]], trt_major: int,
+                    trtexec: str = "trtexec") -> list[str]:
+    vision = config["vision"]
+    cmd = [trtexec, f"--loadEngine={engine_dir / vision['engine']}"]
+    library = (vision.get("plugin") or {}).get("library")
+    if library:
+        cmd.append(f"--dynamicPlugins={library}")
+    cmd.append("--shapes=" + ",".join(f"{n}:{'x'.join(map(str, s))}" for n, s in shapes.items()))
+    if trt_major < 11:
+        cmd += TRT10_COMPARABLE_FLAGS
+    return cmd
+
+
+def _tolerance_args() -> list[str]:
+    return (["--atol"] + [f"{k}:{a}" for k, (a, _) in TOLERANCES.items()]
+            + ["--rtol"] + [f"{k}:{r}" for k, (_, r) in TOLERANCES.items()])
+
+
+def polygraphy_commands(engine_dir: Path, config: dict, shapes: dict[str, list[int]], work: Path) -> list[list[str]]:
+    """ORT on the standard-op graph saves its inputs and outputs; the engine then runs on the
+    very same inputs and is compared with them."""
+    vision = config["vision"]
+    shape_args = ["--input-shapes"] + [f"{n}:{list(s)}".replace(" ", "") for n, s in shapes.items()]
+    inputs, ort_out = work / "inputs.json", work / "ort_outputs.json"
+    ort = ["polygraphy", "run", str(engine_dir / vision["onnx"]), "--onnxrt", *shape_args,
+           "--save-inputs", str(inputs), "--save-outputs", str(ort_out)]
+    trt = ["polygraphy", "run", str(engine_dir / vision["engine"]), "--model-type", "engine", "--trt",
+           "--load-inputs", str(inputs), "--load-outputs", str(ort_out), *_tolerance_args()]
+    library = (vision.get("plugin") or {}).get("library")
+    if library:
+        trt += ["--plugins", library]
+    return [ort, trt]
+
+
+def ort_vs_reference_command(onnx_path: Path, inputs: Path, reference: Path) -> list[str]:
+    return ["polygraphy", "run", str(onnx_path), "--onnxrt", "--load-inputs", str(inputs),
+            "--load-outputs", str(reference), *_tolerance_args()]
+
+
+def run_polygraphy(cmd: list[str], cwd: Path | None = None) -> dict[str, Any]:
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=cwd)
+    result = parse_polygraphy(proc.stdout + proc.stderr)
+    result["returncode"] = proc.returncode
+    result["passed"] = result["passed"] and proc.returncode == 0
+    return result
+
+
+def save_reference(onnx_inputs: dict, reference_outputs: dict, work: Path) -> tuple[Path, Path]:
+    """Polygraphy JSON files: the inputs (a list of feed dicts) and the reference outputs as
+    RunResults under the runner name "pytorch"."""
+    from polygraphy.comparator import IterationResult, RunResults
+    from polygraphy.json import save_json
+
+    inputs, outputs = work / "inputs.json", work / "torch_outputs.json"
+    save_json([onnx_inputs], str(inputs))
+    results = RunResults()
+    results.append(("pytorch", [IterationResult(outputs=dict(reference_outputs), runner_name="pytorch")]))
+    results.save(str(outputs))
+    return inputs, outputs
+
+
+def torch_reference(engine_dir: Path, config: dict, shapes: dict[str, list[int]], work: Path) -> dict[str, Any]:
+    """CPU path: the engine directory's standard-op graph under ONNX Runtime vs the PyTorch
+    graph it was exported from, on seeded random inputs."""
+    import numpy as np
+    import torch
+
+    from exporter.onnx_export import build_graph_module
+    from exporter.pruning import make_config
+    from models import load_model
+
+    pruning = config["vision"]["pruning"]
+    loaded = load_model(config["model"]["name"])
+    cfg = make_config(pruning["method"], pruning["keep"], grid=tuple(pruning["grid"]),
+                      num_layers=pruning["num_layers"], **pruning["params"])
+    module = build_graph_module(loaded.vision, cfg, precision="fp32")
+    gen = torch.Generator().manual_seed(0)
+    feeds = {n: torch.rand(*s, generator=gen) for n, s in shapes.items()}
+    with torch.no_grad():
+        outs = module(*feeds.values())
+    names = [o["name"] for o in config["vision"]["outputs"]]
+    ref = {n: o.numpy() for n, o in zip(names, outs)}
+    inputs, outputs = save_reference({n: v.numpy().astype(np.float32) for n, v in feeds.items()}, ref, work)
+    return run_polygraphy(ort_vs_reference_command(engine_dir / config["vision"]["onnx"], inputs, outputs))
+
+
+def _tensorrt_major() -> int | None:
+    try:
+        import tensorrt
+    except ImportError:
+        return None
+    return int(tensorrt.__version__.split(".")[0])
+
+
+def compare(engine_dir: Path, batch: int, run: bool, overrides: dict[str, list[int]], work: Path) -> dict[str, Any]:
+    from exporter.engine_dir import read_config
+
+    config = read_config(engine_dir)
+    shapes = input_shapes(config, batch, overrides)
+    major = _tensorrt_major() or 10
+    row: dict[str, Any] = {"engine_dir": str(engine_dir), "batch": batch,
+                           "selector": config["vision"].get("selector")}
+    has_engine = bool(config["vision"].get("engine"))
+    if has_engine:
+        row["trtexec_command"] = shlex.join(trtexec_command(engine_dir, config, shapes, major))
+        row["polygraphy_commands"] = [shlex.join(c) for c in polygraphy_commands(engine_dir, config, shapes, work)]
+    if not run:
+        return row
+    trtexec = shutil.which("trtexec")
+    if has_engine and trtexec and _tensorrt_major() is not None:
+        proc = subprocess.run(trtexec_command(engine_dir, config, shapes, major, trtexec), capture_output=True, text=True)
+        row["trtexec"] = parse_trtexec(proc.stdout)
+        ort, trt = polygraphy_commands(engine_dir, config, shapes, work)
+        subprocess.run(ort, capture_output=True, text=True, check=True)
+        row["polygraphy"] = run_polygraphy(trt)
+    else:
+        row["polygraphy_ort_vs_torch"] = torch_reference(engine_dir, config, shapes, work)
+    return row
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("engine_dir", type=Path, nargs="+")
+    ap.add_argument("--batch", type=int, default=1)
+    ap.add_argument("--shape", action="append", default=[], metavar="NAME:AxB", help="override an input shape")
+    ap.add_argument("--run", action="store_true", help="run the tools that are installed")
+    ap.add_argument("--json", nargs="?", const="-", help="write rows as JSON (to FILE, or stdout)")
+    ap.add_argument("--work", type=Path, help="folder for polygraphy's input/output files "
+                    "(default: compare-<engine dir name> here, kept so the printed commands work)")
+    args = ap.parse_args(argv)
+    overrides = {}
+    for item in args.shape:
+        name, _, dims = item.rpartition(":")
+        overrides[name] = [int(d) for d in dims.split("x")]
+    rows = []
+    try:
+        for engine_dir in args.engine_dir:
+            work = args.work or Path(f"compare-{engine_dir.resolve().name}")
+            if args.run:
+                work.mkdir(parents=True, exist_ok=True)
+            rows.append(compare(engine_dir, args.batch, args.run, overrides, work))
+    except Exception as exc:  # noqa: BLE001 - one line for the user, no traceback
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    if args.json:
+        text = json.dumps(rows, indent=2)
+        print(text) if args.json == "-" else Path(args.json).write_text(text + "\n")
+        return 0
+    for row in rows:
+        print(f"# {row['engine_dir']} (batch {row['batch']}, selector {row['selector']})")
+        for key in ("trtexec_command",):
+            if key in row:
+                print(row[key])
+        for cmd in row.get("polygraphy_commands", []):
+            print(cmd)
+        if "trtexec" in row:
+            t = row["trtexec"]
+            gpu = t["gpu_compute_time_ms"]
+            print(f"throughput {t['throughput_qps']:.1f} qps | GPU compute mean {gpu.get('mean')} ms "
+                  f"median {gpu.get('median')} ms p99 {gpu.get('p99')} ms")
+        for key in ("polygraphy", "polygraphy_ort_vs_torch"):
+            if key in row:
+                print(f"{key}: {'PASSED' if row[key]['passed'] else 'FAILED'} {row[key]['outputs']}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
