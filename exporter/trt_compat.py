@@ -165,7 +165,8 @@ def build_engine(
         config.plugins_to_serialize = [str(p) for p in plugin_libraries]
 
     cache = None
-    if timing_cache is not None and hasattr(config, "create_timing_cache"):
+    # TensorRT-RTX compiles kernels at run time on the target GPU and ignores timing caches.
+    if timing_cache is not None and backend.name == "tensorrt" and hasattr(config, "create_timing_cache"):
         blob = timing_cache.read_bytes() if timing_cache.exists() else b""
         cache = config.create_timing_cache(blob)
         config.set_timing_cache(cache, False)
