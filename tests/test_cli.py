@@ -149,3 +149,16 @@ def test_random_weight_spec_shapes():
     assert cfg.vision_config.image_size // cfg.vision_config.patch_size == 24
     assert (cfg.vision_config.hidden_size, cfg.text_config.hidden_size) == (1024, 4096)
     assert llava_config(SPECS["llava-1.5-13b"]).text_config.hidden_size == 5120
+
+
+def test_without_any_tensorrt_only_onnx_is_written(tmp_path, monkeypatch, capsys):
+    import exporter.trt_compat as trt_compat
+
+    monkeypatch.setattr(trt_compat, "available_backend", lambda: None)
+    out = tmp_path / "e"
+    assert main(["build", "--model", "tiny-llava", "--keep", "64", "--no-decoder", "--out", str(out)]) == 0
+    err = capsys.readouterr().err
+    assert "no engine was built: no TensorRT library is installed" in err
+    config = json.loads((out / "config.json").read_text())
+    assert config["engine"]["built"] is False and config["vision"]["engine"] is None
+    assert not (out / "vision.engine").exists() and (out / "vision.onnx").is_file()
