@@ -1,0 +1,86 @@
+"""`python -m runtime generate|bench`. User errors print one line and exit 2, never a traceback."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+from exporter.errors import UserError
+
+from .pipeline import BACKENDS
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m runtime", description="run an edgeprune engine directory")
+    sub = p.add_subparsers(dest="cmd", required=True)
+    g = sub.add_parser("generate", help="answer a prompt about an image, streaming text to stdout")
+    g.add_argument("--engine-dir", required=True, type=Path)
+    g.add_argument("--image", required=True, action="append", help="repeat for a batch")
+    g.add_argument("--prompt", required=True, action="append", help="one, or one per --image")
+    g.add_argument("--max-new-tokens", type=int, help="default: 64, capped by the engine's --max-output-len")
+    g.add_argument("--temperature", type=float, default=0.0)
+    g.add_argument("--top-p", type=float, default=1.0)
+    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--backend", default="auto", choices=BACKENDS)
+    g.add_argument("--trtllm-engine-dir", type=Path, help="decode with this TensorRT-LLM engine instead")
+    g.add_argument("--threads", type=int, default=0, help="ONNX Runtime threads (0 = all cores)")
+    g.add_argument("--json", action="store_true", help="print one JSON object instead of streaming")
+    b = sub.add_parser("bench", help="TTFT, decode tokens/s and peak memory per engine directory")
+    b.add_argument("--engine-dir", required=True, nargs="+", type=Path)
+    b.add_argument("--backend", default="auto", choices=BACKENDS)
+    b.add_argument("--runs", type=int, default=5)
+    b.add_argument("--warmup", type=int, default=1)
+    b.add_argument("--new-tokens", type=int, default=32)
+    b.add_argument("--prompt", default="Describe the picture in detail.")
+    b.add_argument("--image", help="image file (default: a synthetic 336 x 336 image)")
+    b.add_argument("--threads", type=int, default=0)
+    b.add_argument("--json", nargs="?", const="-", help="write results as JSON (to FILE, or stdout)")
+    b.add_argument("--plot", type=Path, help="save a bar chart (PNG)")
+    return p
+
+
+def _generate(args) -> int:
+    from .pipeline import Pipeline
+
+    if len(args.prompt) not in (1, len(args.image)):
+        raise UserError(f"give one --prompt or one per --image ({len(args.image)} images, {len(args.prompt)} prompts)")
+    pipe = Pipeline.from_dir(args.engine_dir, args.backend, threads=args.threads,
+                             trtllm_engine_dir=args.trtllm_engine_dir)
+    single = len(args.image) == 1
+    images = args.image[0] if single else args.image
+    prompts = args.prompt[0] if len(args.prompt) == 1 else args.prompt
+    kw = dict(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_p=args.top_p, seed=args.seed)
+    if args.json:
+        out = pipe.generate(images, prompts, **kw)
+        payload = out.as_dict() if single else [o.as_dict() for o in out]
+        if single:
+            payload["backend"] = pipe.backend
+        print(json.dumps(payload))
+        return 0
+    if not single:
+        for i, gen in enumerate(pipe.generate(images, prompts, **kw)):
+            print(f"[{i}] {gen.text}")
+        return 0
+    for chunk in pipe.generate(images, prompts, stream=True, **kw):
+        sys.stdout.write(chunk)
+        sys.stdout.flush()
+    sys.stdout.write("\n")
+    return 0
+
+
+def main(argv=None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        if args.cmd == "generate":
+            return _generate(args)
+        from .bench import run_cli
+
+        return run_cli(args)
+    except UserError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130

@@ -1,0 +1,226 @@
+"""`Pipeline`: images + prompts -> text, over any vision and decoder backend.
+
+One generation loop serves every step-level decoder, so the only thing that differs between
+backends is the arithmetic; parity tests compare token ids exactly. Requests in a batch are
+left-padded and masked, which makes each request's result that of a batch of one.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator, Sequence
+
+import numpy as np
+
+from exporter.errors import UserError
+
+from .engine_dir import EngineDir, open_engine_dir
+from .inputs import Inputs
+from .optional import have
+
+BACKENDS = ("auto", "tensorrt", "onnxruntime", "torch")
+DEFAULT_NEW_TOKENS = 64  # capped by the engine's --max-output-len
+
+
+@dataclass
+class Generation:
+    text: str
+    token_ids: list[int]
+    kept_indices: list[int]
+    timings: dict[str, Any] = field(default_factory=dict)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"text": self.text, "token_ids": self.token_ids, "kept_indices": self.kept_indices,
+                "timings": self.timings}
+
+
+def _resolve(engine: EngineDir, backend: str) -> str:
+    if backend not in BACKENDS:
+        raise UserError(f"unknown --backend {backend!r}: use one of {', '.join(BACKENDS)}")
+    if backend != "auto":
+        return backend
+    built = engine.config.get("engine", {}).get("built") and engine.vision.get("engine") and engine.decoder.get("engine")
+    if built and (have("tensorrt") or have("tensorrt_rtx_bindings")):
+        import torch
+
+        if torch.cuda.is_available():
+            return "tensorrt"
+    return "onnxruntime"
+
+
+def _sample(logits: np.ndarray, temperature: float, top_p: float, rng: np.random.Generator) -> np.ndarray:
+    if temperature <= 0:
+        return logits.argmax(axis=-1)
+    out = np.empty(logits.shape[0], np.int64)
+    for b, row in enumerate(logits.astype(np.float64) / temperature):
+        p = np.exp(row - row.max())
+        p /= p.sum()
+        order = np.argsort(-p, kind="stable")
+        cum = np.cumsum(p[order])
+        cut = order[: int(np.searchsorted(cum, top_p) + 1)]
+        out[b] = rng.choice(cut, p=p[cut] / p[cut].sum())
+    return out
+
+
+class Pipeline:
+    def __init__(self, engine: EngineDir, vision, decoder, inputs: Inputs, backend: str):
+        self.engine, self.vision, self.decoder, self.inputs, self.backend = engine, vision, decoder, inputs, backend
+
+    @classmethod
+    def from_dir(cls, engine_dir: str | Path, backend: str = "auto", *, threads: int = 0,
+                 trtllm_engine_dir: str | Path | None = None) -> "Pipeline":
+        """`trtllm_engine_dir` swaps the decoder for a TensorRT-LLM engine (same prompt table)."""
+        engine = open_engine_dir(engine_dir)
+        name = _resolve(engine, backend)
+        from .decoder_backends import make_decoder
+        from .vision_backends import make_vision
+
+        vision = make_vision(engine, name, threads)
+        if trtllm_engine_dir is not None:
+            from .trtllm import TrtLlmDecoder
+
+            decoder = TrtLlmDecoder(trtllm_engine_dir, engine.decoder)
+        else:
+            decoder = make_decoder(engine, name, threads)
+        return cls(engine, vision, decoder, Inputs(engine), name)
+
+    # ---- request checks ---------------------------------------------------------------------
+    def _requests(self, images, prompts) -> tuple[list, list[str], bool]:
+        single = not isinstance(images, (list, tuple))
+        images = [images] if single else list(images)
+        prompts = [prompts] * len(images) if isinstance(prompts, str) else list(prompts)
+        if not images:
+            raise UserError("no images given")
+        if len(prompts) != len(images):
+            raise UserError(f"{len(images)} images but {len(prompts)} prompts")
+        if len(images) > self.engine.max_batch:
+            raise UserError(f"batch of {len(images)} exceeds the engine's max batch {self.engine.max_batch}")
+        return images, prompts, single
+
+    def _encode(self, prompts: Sequence[str], max_new_tokens: int) -> list[list[int]]:
+        dec = self.engine.decoder
+        k = self.engine.visual_tokens
+        if max_new_tokens < 1:
+            raise UserError("--max-new-tokens must be >= 1")
+        if max_new_tokens > dec["max_output_len"]:
+            raise UserError(f"--max-new-tokens {max_new_tokens} exceeds the engine's --max-output-len "
+                            f"{dec['max_output_len']}")
+        ids = [self.inputs.prompt_ids(p, i, k) for i, p in enumerate(prompts)]
+        for p in ids:
+            if len(p) > dec["max_input_len"]:
+                raise UserError(f"the prompt is {len(p)} tokens ({k} image + {len(p) - k} text), longer than "
+                                f"the engine's --max-input-len {dec['max_input_len']}")
+        return ids
+
+    # ---- generation -------------------------------------------------------------------------
+    def _steps(self, images, prompts, max_new_tokens, temperature, top_p, seed, state,
+               ignore_eos: bool = False) -> Iterator[np.ndarray]:
+        """Yields the (B,) token ids of every step; fills `state` with timings and kept indices."""
+        ids = self._encode(prompts, max_new_tokens)  # reject bad prompts before any compute
+        px = self.inputs.pixel_values(images, getattr(self.vision, "dtype", "float32"))
+        t0 = time.perf_counter()
+        feats, kept = self.vision(px)
+        state["vision_s"] = time.perf_counter() - t0
+        state["kept"] = kept
+        bsz, k, hid = feats.shape
+        if k != self.engine.visual_tokens:
+            raise UserError(f"the vision engine gives {k} tokens but the decoder was built for {self.engine.visual_tokens}")
+        if hasattr(self.decoder, "generate_ids"):  # whole-sequence decoders (TensorRT-LLM)
+            t1 = time.perf_counter()
+            tokens = self.decoder.generate_ids(ids, feats.reshape(bsz * k, hid), k, max_new_tokens,
+                                               temperature, top_p, self.inputs.eos_token_id, self.inputs.pad_token_id)
+            state["prefill_s"], state["decode_s"] = time.perf_counter() - t1, []
+            for column in tokens.T:
+                yield column
+            return
+        width = max(len(p) for p in ids)
+        pad = self.inputs.pad_token_id
+        input_ids = np.full((bsz, width), pad, np.int64)
+        mask = np.zeros((bsz, width), np.int64)
+        for b, p in enumerate(ids):
+            input_ids[b, width - len(p):] = p
+            mask[b, width - len(p):] = 1
+        positions = np.maximum(np.cumsum(mask, axis=1) - 1, 0)
+        table = {"prompt_embedding_table": np.ascontiguousarray(feats.reshape(bsz * k, hid)),
+                 "tasks": np.zeros(bsz, np.int64), "prompt_vocab_size": np.array([k], np.int64)}
+        rng = np.random.default_rng(seed)
+        eos = -1 if ignore_eos else self.inputs.eos_token_id
+        done = np.zeros(bsz, bool)
+        self.decoder.start(bsz)
+        state["decode_s"] = []
+        t1 = time.perf_counter()
+        logits = self.decoder.step({"input_ids": input_ids, "position_ids": positions, "attention_mask": mask, **table})
+        for n in range(max_new_tokens):
+            token = _sample(logits, temperature, top_p, rng)
+            token = np.where(done, pad, token)
+            now = time.perf_counter()
+            if n == 0:
+                state["prefill_s"] = now - t1
+            else:
+                state["decode_s"].append(now - t1)
+            yield token
+            done |= token == eos
+            if done.all() or n + 1 == max_new_tokens:
+                return
+            t1 = time.perf_counter()
+            positions = positions[:, -1:] + 1
+            mask = np.concatenate([mask, np.ones((bsz, 1), np.int64)], axis=1)
+            logits = self.decoder.step({"input_ids": token[:, None].astype(np.int64), "position_ids": positions,
+                                        "attention_mask": mask, **table})
+
+    def _finish(self, tokens: list[list[int]], state, ignore_eos: bool = False) -> list[Generation]:
+        out = []
+        eos = -1 if ignore_eos else self.inputs.eos_token_id
+        for b, seq in enumerate(tokens):
+            if eos in seq:
+                seq = seq[: seq.index(eos) + 1]
+            timings = {"vision_s": state["vision_s"], "prefill_s": state.get("prefill_s", 0.0),
+                       "ttft_s": state["vision_s"] + state.get("prefill_s", 0.0), "decode_s": state["decode_s"]}
+            text = self.inputs.decode([t for t in seq if t != eos])
+            out.append(Generation(text, [int(t) for t in seq], [int(i) for i in state["kept"][b]], timings))
+        return out
+
+    def generate(self, images, prompts, max_new_tokens: int | None = None, temperature: float = 0.0, top_p: float = 1.0,
+                 stream: bool = False, seed: int = 0, ignore_eos: bool = False):
+        """max_new_tokens=None: 64, capped by the engine's --max-output-len.
+        A single image -> one Generation (or, with stream=True, an iterator of text chunks);
+        a list -> a list of Generations (stream=True: an iterator of (request, chunk) pairs)."""
+        images, prompts, single = self._requests(images, prompts)
+        if max_new_tokens is None:
+            max_new_tokens = min(DEFAULT_NEW_TOKENS, int(self.engine.decoder["max_output_len"]))
+        if stream:
+            return self._stream(images, prompts, max_new_tokens, temperature, top_p, seed, single)
+        state: dict[str, Any] = {}
+        tokens: list[list[int]] = [[] for _ in images]
+        for step in self._steps(images, prompts, max_new_tokens, temperature, top_p, seed, state, ignore_eos):
+            for b, t in enumerate(step):
+                tokens[b].append(int(t))
+        results = self._finish(tokens, state, ignore_eos)
+        return results[0] if single else results
+
+    def _stream(self, images, prompts, max_new_tokens, temperature, top_p, seed, single):
+        state: dict[str, Any] = {}
+        tokens: list[list[int]] = [[] for _ in images]
+        shown = ["" for _ in images]
+        finished = [False for _ in images]
+        eos = self.inputs.eos_token_id
+        for step in self._steps(images, prompts, max_new_tokens, temperature, top_p, seed, state):
+            for b, t in enumerate(step):
+                if finished[b]:
+                    continue
+                if int(t) == eos:
+                    finished[b] = True
+                    continue
+                tokens[b].append(int(t))
+                text = self.inputs.decode(tokens[b])
+                if text.endswith("\ufffd"):  # incomplete UTF-8 sequence: wait for the next token
+                    continue
+                if len(text) > len(shown[b]) and text.startswith(shown[b]):
+                    chunk, shown[b] = text[len(shown[b]):], text
+                    yield chunk if single else (b, chunk)
+        for b in range(len(images)):  # flush what was held back (an incomplete byte sequence at the end)
+            text = self.inputs.decode(tokens[b])
+            if len(text) > len(shown[b]) and text.startswith(shown[b]):
+                yield text[len(shown[b]):] if single else (b, text[len(shown[b]):])
+        self.last_generations = self._finish(tokens, state)

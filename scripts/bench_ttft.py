@@ -1,0 +1,173 @@
+#!/usr/bin/env python
+"""Time to first token with and without pruning, next to the ideal ratio from FLOPs.
+
+Builds one `none` engine and one per method and K (64, 128, 192) for one model, runs
+`runtime.bench` on them, and reports TTFT(K)/TTFT(none) beside the FLOP ratio counted from the
+model's shapes. The default model, `llava-1.5-7b-cpu`, is a random-weight LLaVA scaled down so
+that a 2-core CPU measures it in minutes while its vision/LLM cost balance matches
+LLaVA-1.5-7B: the vision tower costs about as much as 29 LLM tokens (7B: 382 / 12.95 = 29.5),
+so the ideal TTFT ratio at K=128 is ~0.32 in both (see `balance` in the JSON).
+
+    python scripts/bench_ttft.py --out benchmarks/results/ttft_cpu.json --plot benchmarks/results/ttft_cpu.png
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+SCALED = "llava-1.5-7b-cpu"
+PROMPT = "Describe the picture in detail."
+
+
+def register_scaled_spec() -> None:
+    """CLIP-L/14-336 geometry (336 px, 14 px patches, the 24 x 24 grid) at width 256 (4 heads of
+    64) and 12 layers, so hivtp (layers 7-9) and hiprune (layers 9 and L-2) read real layers; a
+    narrower 24-layer tower would spend ~45 % of its FLOPs in attention maps (CLIP-L: ~9 %) and
+    run far below the LLM's FLOP rate. LLM: LLaMA width 1536 (12 heads of 128), 9 layers, 7B's
+    vocabulary. Vision = ~33 LLM tokens (LLaVA-1.5-7B: 30)."""
+    from models.specs import CLIP_VIT_L_336, LLAVA_TOP, SPECS, VICUNA_7B, ModelSpec
+
+    vision = {**CLIP_VIT_L_336, "hidden_size": 256, "intermediate_size": 1024, "num_attention_heads": 4,
+              "num_hidden_layers": 12, "projection_dim": 256}
+    text = {**VICUNA_7B, "hidden_size": 1536, "intermediate_size": 4128, "num_hidden_layers": 9,
+            "num_attention_heads": 12, "num_key_value_heads": 12}
+    SPECS.setdefault(SCALED, ModelSpec(SCALED, "edgeprune/" + SCALED, "LlavaForConditionalGeneration",
+                                       LLAVA_TOP, text, vision))
+
+
+# ---- FLOPs (multiply-add = 2), counted the way MODELS.md counts LLaVA-1.5-7B -----------------
+def vision_flops(vc, text_hidden: int, keep: int) -> float:
+    t = (vc.image_size // vc.patch_size) ** 2 + 1
+    h, i = vc.hidden_size, vc.intermediate_size
+    layer = 2 * t * (4 * h * h + 2 * h * i) + 2 * 2 * t * t * h
+    patch = 2 * (t - 1) * 3 * vc.patch_size ** 2 * h
+    projector = 2 * keep * (h * text_hidden + text_hidden * text_hidden)
+    return patch + (vc.num_hidden_layers - 1) * layer + projector  # layer 24 is never run
+
+
+def llm_token_flops(tc) -> float:
+    h, i = tc.hidden_size, tc.intermediate_size
+    kv = h * (tc.num_key_value_heads or tc.num_attention_heads) // tc.num_attention_heads
+    return 2 * tc.num_hidden_layers * (2 * h * h + 2 * h * kv + 3 * h * i)
+
+
+def prefill_flops(tc, tokens: int) -> float:
+    attention = 2 * 2 * tokens * tokens * tc.hidden_size * tc.num_hidden_layers
+    return tokens * llm_token_flops(tc) + attention + 2 * tc.hidden_size * tc.vocab_size
+
+
+def ttft_flops(config, keep: int, text_tokens: int) -> float:
+    return vision_flops(config.vision_config, config.text_config.hidden_size, keep) + \
+        prefill_flops(config.text_config, keep + text_tokens)
+
+
+def balance(config, text_tokens: int) -> dict:
+    v = vision_flops(config.vision_config, config.text_config.hidden_size, 576)
+    tok = llm_token_flops(config.text_config)
+    return {"vision_gflops": v / 1e9, "llm_gflops_per_token": tok / 1e9, "vision_in_llm_tokens": v / tok,
+            "ideal_ttft_ratio_k128": ttft_flops(config, 128, text_tokens) / ttft_flops(config, 576, text_tokens)}
+
+
+# ---- builds -----------------------------------------------------------------------------------
+def _ensure_decoder(out: Path, model: str, precision: str, max_input_len: int, max_output_len: int) -> None:
+    """Until `exporter.build` exports decoders for --random-weights models, add it here."""
+    cfg_path = out / "config.json"
+    cfg = json.loads(cfg_path.read_text())
+    if cfg.get("decoder"):
+        return
+    from exporter.decoder_export import export_decoder
+    from models import load_model
+
+    loaded = load_model(model, random_weights=True)
+    cfg["decoder"] = export_decoder(loaded, out, precision=precision, max_batch=cfg["max_batch"],
+                                    max_input_len=max_input_len, max_output_len=max_output_len,
+                                    visual_tokens=cfg["vision"]["pruning"]["output_tokens"])
+    for name in (cfg["decoder"]["onnx"], cfg["decoder"]["onnx_data"]):
+        digest = hashlib.sha256()
+        with open(out / name, "rb") as f:
+            for block in iter(lambda: f.read(1 << 24), b""):
+                digest.update(block)
+        cfg.setdefault("artifacts", {})[name] = digest.hexdigest()
+    cfg_path.write_text(json.dumps(cfg, indent=1))
+
+
+def build(model: str, method: str, keep: int | None, root: Path, random_weights: bool, precision: str) -> Path:
+    from exporter.build import BuildOptions
+    from exporter.build import build as run_build
+
+    out = root / f"{model}-{method}-k{keep or 576}-{precision}"
+    if not (out / "config.json").exists():
+        run_build(BuildOptions(model=model, keep=keep, out=out, method=method, random_weights=random_weights,
+                               precision=precision, backend="onnx", selector="onnx", max_input_len=700,
+                               max_output_len=64, command="scripts/bench_ttft.py"))
+    if random_weights:
+        _ensure_decoder(out, model, precision, 700, 64)
+    return out
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--model", default=SCALED, help=f"default: {SCALED} (random weights); or tiny-llava, ...")
+    p.add_argument("--methods", nargs="+", default=["hivtp", "hiprune"])
+    p.add_argument("--keeps", nargs="+", type=int, default=[64, 128, 192])
+    p.add_argument("--runs", type=int, default=5)
+    p.add_argument("--new-tokens", type=int, default=32)
+    p.add_argument("--threads", type=int, default=0)
+    p.add_argument("--precision", default="fp32", choices=("fp32", "fp16"))
+    p.add_argument("--work", type=Path, default=ROOT / "engines" / "bench")
+    p.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "ttft_cpu.json")
+    p.add_argument("--plot", type=Path)
+    args = p.parse_args(argv)
+
+    from models import load_model
+    from runtime.bench import bench, plot, table
+
+    register_scaled_spec()
+    random_weights = args.model != "tiny-llava"
+    config = load_model(args.model, random_weights=random_weights).config
+    dirs = [build(args.model, "none", None, args.work, random_weights, args.precision)]
+    dirs += [build(args.model, m, k, args.work, random_weights, args.precision) for m in args.methods for k in args.keeps]
+    results = bench([str(d) for d in dirs], "onnxruntime", runs=args.runs, warmup=1, new_tokens=args.new_tokens,
+                    prompt=PROMPT, threads=args.threads)
+    print(table(results))
+    base = results[0]
+    text_tokens = base["prompt_tokens"] - base["keep"]
+    print(f"\n{'method':<9} {'K':>4} {'TTFT ratio':>11} {'ideal (FLOPs)':>14} {'deviation':>10} {'decode tok/s ratio':>19}")
+    for r in results:
+        measured = r["ttft_s"]["median"] / base["ttft_s"]["median"]
+        ideal = ttft_flops(config, r["keep"], text_tokens) / ttft_flops(config, base["keep"], text_tokens)
+        r["ttft_ratio"], r["ideal_ratio"] = measured, ideal
+        r["ratio_deviation"] = measured / ideal - 1
+        r["decode_ratio"] = r["decode_tokens_per_s"]["median"] / base["decode_tokens_per_s"]["median"]
+        r["ttft_gflops"] = ttft_flops(config, r["keep"], text_tokens) / 1e9
+        print(f"{r['method']:<9} {r['keep']:>4} {measured:>11.3f} {ideal:>14.3f} {r['ratio_deviation']:>+10.1%} "
+              f"{r['decode_ratio']:>19.3f}")
+    from models.specs import SPECS, llava_config
+
+    report = {
+        "model": args.model, "random_weights": random_weights, "precision": args.precision, "backend": "onnxruntime",
+        "text_tokens": text_tokens, "balance": balance(config, text_tokens),
+        "balance_llava_1.5_7b": balance(llava_config(SPECS["llava-1.5-7b"]), text_tokens),
+        "shapes": {"vision": {k: getattr(config.vision_config, k) for k in (
+            "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads", "image_size", "patch_size")},
+            "text": {k: getattr(config.text_config, k) for k in (
+                "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads", "vocab_size")}},
+        "command": "python scripts/bench_ttft.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+        "results": results,
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(report, indent=1))
+    if args.plot:
+        plot(results, args.plot, title=f"{args.model}: TTFT and decode speed, ONNX Runtime CPU")
+    print(f"\nwrote {args.out}" + (f" and {args.plot}" if args.plot else ""))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,1 @@
+"""Recording stand-ins for optional libraries that CPU machines do not have."""
