@@ -200,7 +200,7 @@ def build(options: BuildOptions) -> Path:
 
         decoder_section = None
         decoder_module = _decoder_module() if options.decoder else None
-        if decoder_module is not None and loaded.model is not None:
+        if decoder_module is not None:
             decoder_section = decoder_module.export_decoder(
                 loaded, work, precision=options.precision, max_batch=options.max_batch,
                 max_input_len=options.max_input_len, max_output_len=options.max_output_len,

@@ -49,11 +49,14 @@ def _resolve(engine: EngineDir, backend: str) -> str:
     return "onnxruntime"
 
 
-def _sample(logits: np.ndarray, temperature: float, top_p: float, rng: np.random.Generator) -> np.ndarray:
+def _sample(logits: np.ndarray, temperature: float, top_p: float, rngs: list[np.random.Generator]) -> np.ndarray:
+    """Greedy, or nucleus sampling with one generator per request (so a request samples the
+    same tokens alone or in a batch)."""
     if temperature <= 0:
         return logits.argmax(axis=-1)
     out = np.empty(logits.shape[0], np.int64)
     for b, row in enumerate(logits.astype(np.float64) / temperature):
+        rng = rngs[b]
         p = np.exp(row - row.max())
         p /= p.sum()
         order = np.argsort(-p, kind="stable")
@@ -76,14 +79,15 @@ class Pipeline:
         from .decoder_backends import make_decoder
         from .vision_backends import make_vision
 
-        vision = make_vision(engine, name, threads)
+        inputs = Inputs(engine)
+        vision = make_vision(engine, name, threads, inputs.tokenizer)
         if trtllm_engine_dir is not None:
             from .trtllm import TrtLlmDecoder
 
             decoder = TrtLlmDecoder(trtllm_engine_dir, engine.decoder)
         else:
             decoder = make_decoder(engine, name, threads)
-        return cls(engine, vision, decoder, Inputs(engine), name)
+        return cls(engine, vision, decoder, inputs, name)
 
     # ---- request checks ---------------------------------------------------------------------
     def _requests(self, images, prompts) -> tuple[list, list[str], bool]:
@@ -120,7 +124,7 @@ class Pipeline:
         ids = self._encode(prompts, max_new_tokens)  # reject bad prompts before any compute
         px = self.inputs.pixel_values(images, getattr(self.vision, "dtype", "float32"))
         t0 = time.perf_counter()
-        feats, kept = self.vision(px)
+        feats, kept = self.vision(px, prompts)
         state["vision_s"] = time.perf_counter() - t0
         state["kept"] = kept
         bsz, k, hid = feats.shape
@@ -144,7 +148,7 @@ class Pipeline:
         positions = np.maximum(np.cumsum(mask, axis=1) - 1, 0)
         table = {"prompt_embedding_table": np.ascontiguousarray(feats.reshape(bsz * k, hid)),
                  "tasks": np.zeros(bsz, np.int64), "prompt_vocab_size": np.array([k], np.int64)}
-        rng = np.random.default_rng(seed)
+        rngs = [np.random.default_rng(seed) for _ in range(bsz)]
         eos = -1 if ignore_eos else self.inputs.eos_token_id
         done = np.zeros(bsz, bool)
         self.decoder.start(bsz)
@@ -152,7 +156,7 @@ class Pipeline:
         t1 = time.perf_counter()
         logits = self.decoder.step({"input_ids": input_ids, "position_ids": positions, "attention_mask": mask, **table})
         for n in range(max_new_tokens):
-            token = _sample(logits, temperature, top_p, rng)
+            token = _sample(logits, temperature, top_p, rngs)
             token = np.where(done, pad, token)
             now = time.perf_counter()
             if n == 0:

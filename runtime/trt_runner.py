@@ -15,8 +15,6 @@ from exporter.errors import UserError
 from .engine_dir import EngineDir
 from .optional import need
 
-_NP = {"float32": np.float32, "float16": np.float16, "int64": np.int64, "int32": np.int32, "bool": np.bool_}
-
 
 def _load_trt(record: dict[str, Any]):
     backend = record.get("backend") or "tensorrt"

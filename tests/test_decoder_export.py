@@ -154,3 +154,35 @@ def test_random_language_is_built_in_the_target_dtype():
     with torch.no_grad():
         out = a(input_ids=torch.tensor([[1, 2, 3]]))
     assert torch.isfinite(out.logits).all()
+
+
+def test_grouped_query_attention_matches_hf(tmp_path):
+    """kv heads < heads (Mistral-style LLaVA-NeXT): the graph repeats K/V like HF's repeat_kv."""
+    from types import SimpleNamespace
+
+    import onnxruntime as ort
+    from transformers import LlamaConfig
+
+    from models.random_language import build_random_language
+
+    cfg = LlamaConfig(vocab_size=300, hidden_size=64, intermediate_size=96, num_hidden_layers=2,
+                      num_attention_heads=4, num_key_value_heads=2, rope_theta=1e6)
+    model = build_random_language(cfg, torch.float32, seed=1, std=0.2)
+    loaded = SimpleNamespace(model=model, config=SimpleNamespace(text_config=cfg))
+    section = export_decoder(loaded, tmp_path, precision="fp32", max_batch=1, max_input_len=32, max_output_len=4,
+                             visual_tokens=2, progress=False)
+    sess = ort.InferenceSession(str(tmp_path / section["onnx"]), providers=["CPUExecutionProvider"])
+    ids = torch.tensor([[5, 300, 301, 7, 9, 11]])
+    table = torch.randn(2, 64, generator=torch.Generator().manual_seed(0))
+    names, _ = io_names(2)
+    past = {n: np.zeros((1, 2, 0, 16), np.float32) for n in names}
+    feeds = {"input_ids": ids.numpy(), "prompt_embedding_table": table.numpy(), "tasks": np.zeros(1, np.int64),
+             "prompt_vocab_size": np.array([2]), "position_ids": np.arange(6)[None],
+             "attention_mask": np.ones((1, 6), np.int64)}
+    logits, present = _run(sess, section, feeds, past)
+    emb = model.model.embed_tokens(torch.where(ids >= 300, 0, ids)).clone()
+    emb[0, 1:3] = table
+    with torch.no_grad():
+        ref = model(inputs_embeds=emb).logits[:, -1]
+    assert next(iter(present.values())).shape == (1, 2, 6, 16)
+    np.testing.assert_allclose(logits, ref.numpy(), atol=1e-4, rtol=0)

@@ -118,3 +118,9 @@ def test_bench_writes_table_json_and_plot(engine, tmp_path):
     assert r["ttft_s"]["n"] == 2 and r["ttft_s"]["min"] <= r["ttft_s"]["median"] <= r["ttft_s"]["max"]
     assert r["keep"] == 64 and r["decode_tokens_per_s"]["median"] > 0 and r["peak_rss_mib"] > 50
     assert png.stat().st_size > 10_000
+
+
+def test_backend_whose_library_is_absent(capsys, engine, images, monkeypatch):
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)  # import -> ImportError
+    msg = _error(capsys, _gen(engine, images[0]))
+    assert "needs onnxruntime" in msg and "pip install onnxruntime" in msg

@@ -76,7 +76,7 @@ def test_adapter_arguments_and_tokens_match_our_decoder(engine, images, fake_trt
         assert fake.tolist() == list(range(vocab + b * k, vocab + (b + 1) * k))
     assert call["prompt_tasks"] == "0,0,0"
     assert tuple(call["prompt_table"].shape) == (3, k, ours.engine.decoder["hidden_size"])
-    feats, _ = ours.vision(ours.inputs.pixel_values(images, ours.vision.dtype))
+    feats, _ = ours.vision(ours.inputs.pixel_values(images, ours.vision.dtype), PROMPTS)
     np.testing.assert_array_equal(call["prompt_table"].numpy(), feats)
     assert call["max_new_tokens"] == 12 and call["top_k"] == 1 and call["temperature"] is None
     assert call["end_id"] == ours.inputs.eos_token_id and call["pad_id"] == ours.inputs.pad_token_id
