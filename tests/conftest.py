@@ -29,3 +29,18 @@ def tiny_reference(tiny):
         "features": out.hidden_states[-2][:, 1:],
         "post_layernorm_input": out.hidden_states[-2][:, 1:],
     }
+
+
+@pytest.fixture(scope="module")
+def engine(tmp_path_factory):
+    """A tiny hivtp engine directory (ONNX Runtime) shared by the runtime tests."""
+    from fakes.engines import build_engine_dir
+
+    return build_engine_dir(tmp_path_factory.getbasetemp() / "engines", "hivtp")
+
+
+@pytest.fixture(scope="module")
+def images(tmp_path_factory):
+    from fakes.engines import write_images
+
+    return write_images(tmp_path_factory.getbasetemp() / "images")

@@ -9,20 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from fakes.engines import build_engine_dir, write_images
 from runtime.cli import main
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-@pytest.fixture(scope="module")
-def engine(tmp_path_factory):
-    return build_engine_dir(tmp_path_factory.getbasetemp() / "engines", "hivtp")
-
-
-@pytest.fixture(scope="module")
-def images(tmp_path_factory):
-    return write_images(tmp_path_factory.getbasetemp() / "images")
 
 
 def _run(*args):

@@ -12,21 +12,10 @@ import pytest
 import torch
 
 from exporter.errors import UserError
-from fakes.engines import build_engine_dir, write_images
 from runtime import Pipeline
 
 FAKES = Path(__file__).parent / "fakes"
 PROMPTS = ["what is in the picture?", "how many objects are on the table?", "describe the image"]
-
-
-@pytest.fixture(scope="module")
-def engine(tmp_path_factory):
-    return build_engine_dir(tmp_path_factory.getbasetemp() / "engines", "hivtp")
-
-
-@pytest.fixture(scope="module")
-def images(tmp_path_factory):
-    return write_images(tmp_path_factory.getbasetemp() / "images")
 
 
 def _fake_trtllm_dir(root: Path, engine: str, table_size: int) -> Path:
