@@ -12,9 +12,10 @@ import torch
 
 from .parts import VisionParts, vision_parts
 from .specs import SPECS, llava_config, spec_for
-from .tiny import TINY_NAME, ensure_tiny_checkpoint
+from .tiny import TINY_NAME, TINY_VERSIONS, ensure_tiny_checkpoint
 
-SUPPORTED_MODEL_TYPES = ("llava",)
+SUPPORTED_MODEL_TYPES = ("llava", "llava_next")
+ARCHITECTURES = {"llava": "LlavaForConditionalGeneration", "llava_next": "LlavaNextForConditionalGeneration"}
 
 
 class ModelNotFound(ValueError):
@@ -32,15 +33,26 @@ class LoadedModel:
     path: Path | None
     config: Any
     vision: VisionParts
-    model: torch.nn.Module | None = None  # the full LlavaForConditionalGeneration when loaded
+    model: torch.nn.Module | None = None  # the full Llava(Next)ForConditionalGeneration when loaded
     processor: Any | None = None
+    image_newline: torch.Tensor | None = None  # LLaVA-NeXT's learned row separator (stock path)
+
+    @property
+    def architecture(self) -> str:
+        return ARCHITECTURES.get(self.config.model_type, "LlavaForConditionalGeneration")
+
+    @property
+    def anyres(self) -> bool:
+        from .anyres import is_anyres
+
+        return is_anyres(self.config)
 
     def describe(self) -> dict[str, Any]:
         return {
             "name": self.name,
             "source": self.source,
             "path": str(self.path) if self.path else None,
-            "architecture": type(self.model).__name__ if self.model is not None else "LlavaForConditionalGeneration",
+            "architecture": self.architecture,
             "model_type": self.config.model_type,
             "vision_layers": self.config.vision_config.num_hidden_layers,
             "vision_hidden": self.config.vision_config.hidden_size,
@@ -48,12 +60,14 @@ class LoadedModel:
             "image_size": self.config.vision_config.image_size,
             "patch_size": self.config.vision_config.patch_size,
             "vision_feature_layer": self.config.vision_feature_layer,
+            "image_grid_pinpoints": [list(p) for p in getattr(self.config, "image_grid_pinpoints", None) or []]
+            if self.anyres else None,
         }
 
 
 def _resolve_checkpoint(name: str) -> tuple[Path, str]:
-    if name == TINY_NAME:
-        return ensure_tiny_checkpoint(), "builtin"
+    if name in TINY_VERSIONS:
+        return ensure_tiny_checkpoint(name), "builtin"
     local = Path(name).expanduser()
     if local.is_dir():
         return local, "local"
@@ -62,7 +76,7 @@ def _resolve_checkpoint(name: str) -> tuple[Path, str]:
     spec = spec_for(name)
     repo_id = spec.hf_id if spec else name
     if spec is None and (name.count("/") != 1 or name.startswith((".", "/", "~"))):
-        known = ", ".join([TINY_NAME, *SPECS])
+        known = ", ".join([*TINY_VERSIONS, *SPECS])
         raise ModelNotFound(
             f"unknown model {name!r}: use one of {known}, a Hugging Face id, or a checkpoint directory"
         )
@@ -90,10 +104,12 @@ def _read_checkpoint(path: Path, name: str, source: str) -> LoadedModel:
         raise CheckpointError(
             f"{path} holds a {model_type!r} model; supported: {', '.join(SUPPORTED_MODEL_TYPES)}"
         )
-    from transformers import AutoProcessor, LlavaForConditionalGeneration
+    import transformers
+    from transformers import AutoProcessor
 
+    model_class = getattr(transformers, ARCHITECTURES[model_type])
     try:
-        model = LlavaForConditionalGeneration.from_pretrained(
+        model = model_class.from_pretrained(
             path, dtype="auto", local_files_only=True
         ).eval()
     except Exception as exc:  # corrupt or partial weights: one line, no traceback upstream
@@ -103,12 +119,15 @@ def _read_checkpoint(path: Path, name: str, source: str) -> LoadedModel:
         processor = AutoProcessor.from_pretrained(path, local_files_only=True)
     except Exception:
         processor = None  # vision export does not need it; the runtime reports its absence
-    return LoadedModel(name, source, path, model.config, vision_parts(model), model, processor)
+    newline = getattr(getattr(model, "model", model), "image_newline", None)
+    newline = newline.detach() if newline is not None else None
+    return LoadedModel(name, source, path, model.config, vision_parts(model), model, processor, newline)
 
 
 def _random_vision(name: str, seed: int) -> LoadedModel:
     from transformers import CLIPVisionModel
     from transformers.models.llava.modeling_llava import LlavaMultiModalProjector
+    from transformers.models.llava_next.modeling_llava_next import LlavaNextMultiModalProjector
 
     spec = spec_for(name)
     if spec is None:
@@ -117,14 +136,20 @@ def _random_vision(name: str, seed: int) -> LoadedModel:
     config = llava_config(spec)
     torch.manual_seed(seed)
     tower = CLIPVisionModel(config.vision_config).eval()
-    projector = LlavaMultiModalProjector(config).eval()
-    return LoadedModel(spec.alias, "random-weights", None, config, VisionParts(tower, projector, config))
+    next_model = spec.architecture == "LlavaNextForConditionalGeneration"
+    projector = (LlavaNextMultiModalProjector if next_model else LlavaMultiModalProjector)(config).eval()
+    newline = None
+    if next_model:  # LLaVA-NeXT's init: randn / sqrt(hidden)
+        hidden = config.text_config.hidden_size
+        newline = torch.randn(hidden) / hidden**0.5
+    return LoadedModel(spec.alias, "random-weights", None, config, VisionParts(tower, projector, config),
+                       image_newline=newline)
 
 
 def load_model(name: str, *, random_weights: bool = False, seed: int = 0) -> LoadedModel:
     """Load MODEL. With random_weights, only the vision tower and projector are built (the
     decoder of a 7B model would not fit a CPU machine in fp32)."""
-    if random_weights and name != TINY_NAME:
+    if random_weights and name not in TINY_VERSIONS:
         return _random_vision(name, seed)
     path, source = _resolve_checkpoint(name)
     return _read_checkpoint(path, name, source)

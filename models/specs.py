@@ -74,6 +74,23 @@ SPECS: dict[str, ModelSpec] = {
     ),
 }
 
+LLAVA_NEXT_PINPOINTS = [[336, 672], [672, 336], [672, 672], [1008, 336], [336, 1008]]
+
+LLAVA_NEXT_TOP = {
+    "image_token_index": 32000,
+    "projector_hidden_act": "gelu",
+    "vision_feature_layer": -2,
+    "vision_feature_select_strategy": "default",
+    "tie_word_embeddings": False,
+    "image_grid_pinpoints": LLAVA_NEXT_PINPOINTS,
+    "use_image_newline_parameter": True,
+}
+
+SPECS["llava-next-7b"] = ModelSpec(
+    "llava-next-7b", "llava-hf/llava-v1.6-vicuna-7b-hf", "LlavaNextForConditionalGeneration",
+    LLAVA_NEXT_TOP, VICUNA_7B, CLIP_VIT_L_336,
+)
+
 ALIASES = {alias: spec.hf_id for alias, spec in SPECS.items()}
 
 
@@ -88,9 +105,10 @@ def spec_for(name: str) -> ModelSpec | None:
 
 
 def llava_config(spec: ModelSpec):
-    from transformers import CLIPVisionConfig, LlamaConfig, LlavaConfig
+    from transformers import CLIPVisionConfig, LlamaConfig, LlavaConfig, LlavaNextConfig
 
-    return LlavaConfig(
+    config_class = LlavaNextConfig if spec.architecture == "LlavaNextForConditionalGeneration" else LlavaConfig
+    return config_class(
         vision_config=CLIPVisionConfig(**spec.vision),
         text_config=LlamaConfig(**spec.text),
         **spec.top,

@@ -16,7 +16,10 @@ from .parts import clip_core
 from .specs import CLIP_MEAN, CLIP_STD
 
 TINY_NAME = "tiny-llava"
-TINY_VERSION = 2  # bump when the recipe changes; the cached copy is rebuilt
+TINY_NEXT_NAME = "tiny-llava-next"
+# bump a version when its recipe changes; the cached copy is rebuilt
+TINY_VERSIONS = {TINY_NAME: 2, TINY_NEXT_NAME: 1}
+TINY_VERSION = TINY_VERSIONS[TINY_NAME]
 SEED = 20260611
 
 # Word material for the local BPE tokenizer: deterministic, no download.
@@ -48,8 +51,8 @@ def cache_root() -> Path:
     return Path(os.environ.get("EDGEPRUNE_HOME", Path.home() / ".cache" / "edgeprune"))
 
 
-def tiny_dir() -> Path:
-    return cache_root() / "models" / f"{TINY_NAME}-v{TINY_VERSION}"
+def tiny_dir(name: str = TINY_NAME) -> Path:
+    return cache_root() / "models" / f"{name}-v{TINY_VERSIONS[name]}"
 
 
 def _tokenizer():
@@ -74,8 +77,10 @@ def _tokenizer():
     return fast
 
 
-def _config(tokenizer):
-    from transformers import CLIPVisionConfig, LlamaConfig, LlavaConfig
+def _config(tokenizer, name: str = TINY_NAME):
+    from transformers import CLIPVisionConfig, LlamaConfig, LlavaConfig, LlavaNextConfig
+
+    from .specs import LLAVA_NEXT_PINPOINTS
 
     vocab = len(tokenizer)
     vision = CLIPVisionConfig(
@@ -89,13 +94,17 @@ def _config(tokenizer):
         rms_norm_eps=1e-5, hidden_act="silu", bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
     )
-    return LlavaConfig(
+    common = dict(
         vision_config=vision, text_config=text,
         image_token_index=tokenizer.convert_tokens_to_ids("<image>"),
         pad_token_id=tokenizer.pad_token_id, projector_hidden_act="gelu",
         vision_feature_layer=-2, vision_feature_select_strategy="default",
         tie_word_embeddings=False, image_seq_length=576,
     )
+    if name == TINY_NEXT_NAME:  # the real LLaVA-NeXT-7B layouts: 3, 4 or 5 views of 336 px
+        return LlavaNextConfig(**common, image_grid_pinpoints=LLAVA_NEXT_PINPOINTS,
+                               use_image_newline_parameter=True)
+    return LlavaConfig(**common)
 
 
 def _sharpen_attention(model) -> None:
@@ -111,23 +120,37 @@ def _sharpen_attention(model) -> None:
                 proj.weight.copy_(torch.randn(proj.weight.shape, generator=gen) * 0.25)
 
 
-def build_tiny_checkpoint(dest: Path) -> None:
-    import torch
-    from transformers import CLIPImageProcessorPil, LlavaForConditionalGeneration, LlavaProcessor
+def _processor(tokenizer, name: str):
+    from transformers import CLIPImageProcessorPil, LlavaProcessor
+    from transformers.models.llava_next import LlavaNextImageProcessorPil, LlavaNextProcessor
 
-    tokenizer = _tokenizer()
-    torch.manual_seed(SEED)
-    model = LlavaForConditionalGeneration(_config(tokenizer)).eval()
-    _sharpen_attention(model)
-    image_processor = CLIPImageProcessorPil(
-        size={"shortest_edge": 336}, crop_size={"height": 336, "width": 336},
-        do_center_crop=True, image_mean=list(CLIP_MEAN), image_std=list(CLIP_STD), resample=3,
-    )
-    processor = LlavaProcessor(
+    from .specs import LLAVA_NEXT_PINPOINTS
+
+    common = dict(size={"shortest_edge": 336}, crop_size={"height": 336, "width": 336},
+                  do_center_crop=True, image_mean=list(CLIP_MEAN), image_std=list(CLIP_STD), resample=3)
+    if name == TINY_NEXT_NAME:
+        image_processor = LlavaNextImageProcessorPil(**common, image_grid_pinpoints=LLAVA_NEXT_PINPOINTS)
+        processor_class = LlavaNextProcessor
+    else:
+        image_processor = CLIPImageProcessorPil(**common)
+        processor_class = LlavaProcessor
+    return processor_class(
         image_processor=image_processor, tokenizer=tokenizer, patch_size=14,
         vision_feature_select_strategy="default", chat_template=CHAT_TEMPLATE,
         num_additional_image_tokens=1,
     )
+
+
+def build_tiny_checkpoint(dest: Path, name: str = TINY_NAME) -> None:
+    import torch
+    from transformers import LlavaForConditionalGeneration, LlavaNextForConditionalGeneration
+
+    tokenizer = _tokenizer()
+    torch.manual_seed(SEED)
+    model_class = LlavaNextForConditionalGeneration if name == TINY_NEXT_NAME else LlavaForConditionalGeneration
+    model = model_class(_config(tokenizer, name)).eval()
+    _sharpen_attention(model)
+    processor = _processor(tokenizer, name)
     model.save_pretrained(dest)
     processor.save_pretrained(dest)
     _tiny_clip(model, tokenizer).save_pretrained(dest / "clip")
@@ -154,15 +177,15 @@ def _tiny_clip(llava, tokenizer):
     return clip
 
 
-def ensure_tiny_checkpoint() -> Path:
-    """Build the tiny checkpoint once into the cache (atomically) and return its directory."""
-    dest = tiny_dir()
+def ensure_tiny_checkpoint(name: str = TINY_NAME) -> Path:
+    """Build a tiny checkpoint once into the cache (atomically) and return its directory."""
+    dest = tiny_dir(name)
     if (dest / "config.json").exists():
         return dest
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}-", dir=dest.parent))
     try:
-        build_tiny_checkpoint(tmp)
+        build_tiny_checkpoint(tmp, name)
         try:
             tmp.rename(dest)
         except OSError:  # another process won the race; theirs is identical
