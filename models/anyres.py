@@ -47,10 +47,14 @@ def view_budget(keep: int, views: int) -> int:
     return keep // views
 
 
-def image_layout(config: Any, image_size: Sequence[int]) -> Layout:
-    """The layout the processor uses for an image of (height, width) pixels."""
+def layout_for(points: Sequence[Sequence[int]], view_size: int, image_size: Sequence[int]) -> Layout:
+    """The layout the processor uses for an image of (height, width) pixels, from the listed
+    pinpoints (the runtime has them from config.json, not from an HF config)."""
     from transformers.image_processing_utils import select_best_resolution
 
-    h, w = select_best_resolution([int(image_size[0]), int(image_size[1])], [list(p) for p in pinpoints(config)])
-    view = config.vision_config.image_size
-    return Layout((int(h), int(w)), int(h) // view, int(w) // view)
+    h, w = select_best_resolution([int(image_size[0]), int(image_size[1])], [[int(a), int(b)] for a, b in points])
+    return Layout((int(h), int(w)), int(h) // view_size, int(w) // view_size)
+
+
+def image_layout(config: Any, image_size: Sequence[int]) -> Layout:
+    return layout_for(pinpoints(config), config.vision_config.image_size, image_size)
