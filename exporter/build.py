@@ -31,7 +31,7 @@ class BuildOptions:
     text_tower: str | None = None
     params: dict[str, Any] = field(default_factory=dict)
     decoder: bool = True
-    max_input_len: int = 1024
+    max_input_len: int | None = None  # None: 1024; anyres: max(1024, image tokens + 512)
     max_output_len: int = 256
     command: str = ""
 
@@ -141,6 +141,69 @@ def _prune_config(options: BuildOptions, loaded):
         raise UserError(str(exc)) from None
 
 
+# ---- LLaVA-NeXT (anyres): K is per image, each view gets K_view = floor(K / n_views) ----------
+def _anyres_plan(options: BuildOptions, loaded):
+    """The per-view branches of an anyres model (None for LLaVA-1.5)."""
+    if not loaded.anyres:
+        return None
+    from .anyres_plan import plan_anyres
+
+    try:
+        return plan_anyres(options.method, options.keep, loaded.config, options.params)
+    except ValueError as exc:
+        raise UserError(str(exc)) from None
+
+
+def _export_vision(plan, parts, cfg, path: Path, *, selector=None, **kwargs):
+    """LLaVA-1.5 and anyres `none`: the one-selection graph. Pruned anyres: one branch per
+    K_view; with the plugin selector, one plugin node per branch config."""
+    from . import onnx_export
+
+    if plan is None or not plan.pruned:
+        return onnx_export.export_vision_onnx(parts, cfg, path, selector=selector, **kwargs)
+    factory = None
+    if selector is not None:
+        from plugins.onnx_node import plugin_selector as factory
+    return onnx_export.export_anyres_vision_onnx(parts, plan, path, selector_factory=factory, **kwargs)
+
+
+def _add_anyres(vision_section: dict, plan, loaded, work: Path) -> None:
+    """`vision.anyres` for the runtime. `none` keeps the stock unpad + newline merge, so its
+    learned row separator is written next to the engines (image_newline.npy, float32)."""
+    from .anyres_plan import IMAGE_NEWLINE_FILE
+
+    newline = None
+    if not plan.pruned and loaded.image_newline is not None:
+        import numpy as np
+
+        np.save(work / IMAGE_NEWLINE_FILE, loaded.image_newline.detach().float().cpu().numpy())
+        newline = IMAGE_NEWLINE_FILE
+    vision_section["anyres"] = plan.section(newline)
+    if plan.pruned:  # the largest branch's constants, with K per image as the user gave it
+        vision_section["pruning"] = {**plan.config.describe(), "keep": plan.keep}
+    if "plugin" in vision_section:
+        from plugins.onnx_node import plugin_fields
+
+        vision_section["plugin"]["branches"] = [
+            {"views": list(b.views), "keep": b.keep, "fields": plugin_fields(b.cfg)} for b in plan.branches
+        ]
+
+
+def _visual_tokens(plan, cfg) -> int:
+    """The decoder's prompt-table stride per request: the most tokens one image can give."""
+    return plan.max_tokens_per_image if plan is not None else cfg.output_count
+
+
+def _max_input_len(options: BuildOptions, plan, cfg) -> int:
+    from .decoder_export import DEFAULT_MAX_INPUT_LEN
+
+    if options.max_input_len is not None:
+        return options.max_input_len
+    if plan is None:
+        return DEFAULT_MAX_INPUT_LEN
+    return max(DEFAULT_MAX_INPUT_LEN, _visual_tokens(plan, cfg) + 512)
+
+
 def _clip_projection(options: BuildOptions, loaded, cfg):
     if not cfg.uses_prompt:
         return None
@@ -153,24 +216,41 @@ def _clip_projection(options: BuildOptions, loaded, cfg):
         raise UserError(str(exc)) from None
 
 
-def build(options: BuildOptions) -> Path:
-    from .onnx_export import export_vision_onnx
+def _text_tower(options: BuildOptions, loaded, cfg, work: Path):
+    """text.onnx + text_tokenizer/ for prompt-aware methods: the `text` section, else None."""
+    if not cfg.uses_prompt:
+        return None
+    from models.loading import CheckpointError, ModelNotFound
 
+    from .text_tower_export import export_text_tower
+
+    _say("exporting the CLIP text tower (text.onnx, fp32)")
+    try:
+        return export_text_tower(loaded, work, override=options.text_tower, precision=options.precision)
+    except (ModelNotFound, CheckpointError) as exc:
+        raise UserError(str(exc)) from None
+
+
+def build(options: BuildOptions) -> Path:
     started = time.time()
     if options.max_batch < 1:
         raise UserError(f"--max-batch must be at least 1, got {options.max_batch}")
     check_output_target(options.out)
     backend, engine_reason = _resolve_backend(options.backend)
     loaded = _load(options)
-    cfg = _prune_config(options, loaded)
+    plan = _anyres_plan(options, loaded)
+    cfg = plan.config if plan is not None else _prune_config(options, loaded)
     projection = _clip_projection(options, loaded, cfg)
     parts = loaded.vision
     selector, plugin_lib, selector_reason = _plugin_selector(options, backend, cfg)
 
     with staged_output(options.out) as work:
-        _say(f"exporting the {cfg.method} vision graph (K={cfg.output_count}, {options.precision})")
-        vision = export_vision_onnx(
-            parts, cfg, work / VISION_ONNX, precision=options.precision,
+        tokens = f"K={cfg.output_count}"
+        if plan is not None and plan.pruned:
+            tokens = f"K={plan.keep} per image: " + "/".join(str(b.output) for b in plan.branches) + " per view"
+        _say(f"exporting the {cfg.method} vision graph ({tokens}, {options.precision})")
+        vision = _export_vision(
+            plan, parts, cfg, work / VISION_ONNX, precision=options.precision,
             debug_scores=options.debug_scores, clip_projection=projection,
         )
         engine_onnx = work / VISION_ONNX
@@ -188,23 +268,26 @@ def build(options: BuildOptions) -> Path:
         if selector is not None:
             from plugins.onnx_node import plugin_fields
 
-            export_vision_onnx(
-                parts, cfg, work / VISION_PLUGIN_ONNX, precision=options.precision, selector=selector,
+            _export_vision(
+                plan, parts, cfg, work / VISION_PLUGIN_ONNX, precision=options.precision, selector=selector,
                 debug_scores=options.debug_scores, clip_projection=projection,
             )
             engine_onnx = work / VISION_PLUGIN_ONNX
             vision_section["plugin_onnx"] = VISION_PLUGIN_ONNX
             vision_section["plugin"] = {"library": str(plugin_lib), "fields": plugin_fields(cfg)}
+        if plan is not None:
+            _add_anyres(vision_section, plan, loaded, work)
         if loaded.processor is not None:
             loaded.processor.save_pretrained(work / "processor")
+        text_section = _text_tower(options, loaded, cfg, work)
 
         decoder_section = None
         decoder_module = _decoder_module() if options.decoder else None
         if decoder_module is not None:
             decoder_section = decoder_module.export_decoder(
                 loaded, work, precision=options.precision, max_batch=options.max_batch,
-                max_input_len=options.max_input_len, max_output_len=options.max_output_len,
-                visual_tokens=cfg.output_count,
+                max_input_len=_max_input_len(options, plan, cfg), max_output_len=options.max_output_len,
+                visual_tokens=_visual_tokens(plan, cfg),
             )
 
         engine_section = {"backend": None, "version": None, "built": False, "reason": engine_reason}
@@ -212,6 +295,10 @@ def build(options: BuildOptions) -> Path:
             engine_section = _build_engines(
                 backend, work, engine_onnx, vision_section, options, parts, cfg, plugin_lib
             )
+            if text_section is not None:
+                from .text_tower_export import build_text_engine
+
+                text_section = build_text_engine(backend, work, text_section, options.max_batch)
             if decoder_section is not None:
                 decoder_section = decoder_module.build_decoder_engine(
                     backend, work, decoder_section, timing_cache=work / TIMING_CACHE
@@ -223,6 +310,7 @@ def build(options: BuildOptions) -> Path:
             "precision": options.precision,
             "max_batch": options.max_batch,
             "vision": vision_section,
+            "text": text_section,
             "decoder": decoder_section,
             "engine": engine_section,
             "versions": versions(backend),
@@ -258,10 +346,15 @@ def _build_engines(backend, work: Path, onnx_path: Path, vision_section, options
     from .trt_compat import build_engine
 
     size = parts.image_size
-    shapes = {"pixel_values": ((1, 3, size, size), (1, 3, size, size), (options.max_batch, 3, size, size))}
-    if cfg.uses_prompt:
-        dim = vision_section["inputs"][1]["shape"][1]
-        shapes["text_embeds"] = ((1, dim), (1, dim), (options.max_batch, dim))
+    views = (vision_section.get("anyres") or {}).get("max_views", 1)  # anyres: a row per view
+    top, opt = options.max_batch * views, views
+    shapes = {"pixel_values": ((1, 3, size, size), (opt, 3, size, size), (top, 3, size, size))}
+    inputs = {t["name"]: t for t in vision_section["inputs"]}
+    if "view_budget" in inputs:
+        shapes["view_budget"] = ((1,), (opt,), (top,))
+    if "text_embeds" in inputs:
+        dim = inputs["text_embeds"]["shape"][1]
+        shapes["text_embeds"] = ((1, dim), (opt, dim), (top, dim))
     _say(f"building the vision engine with {backend.name} {backend.version}")
     info = build_engine(
         backend, onnx_path, work / VISION_ENGINE, profiles=[shapes], timing_cache=work / TIMING_CACHE,

@@ -37,8 +37,10 @@ def make_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     b = sub.add_parser("build", help="export ONNX graphs and build engines into an engine directory")
-    b.add_argument("--model", required=True, help="tiny-llava, llava-1.5-7b, llava-1.5-13b, a HF id or a checkpoint dir")
-    b.add_argument("--keep", type=int, help="visual tokens kept per image (K); not needed for --method none")
+    b.add_argument("--model", required=True, help="tiny-llava, tiny-llava-next, llava-1.5-7b, llava-1.5-13b, "
+                   "llava-next-7b, a HF id or a checkpoint dir")
+    b.add_argument("--keep", type=int, help="visual tokens kept per image (K; LLaVA-NeXT: "
+                   "floor(K / views) per view); not needed for --method none")
     b.add_argument("--method", default="hivtp", choices=METHODS)
     b.add_argument("--param", action="append", type=_param, default=[], metavar="NAME=VALUE",
                    help="method parameter, e.g. alpha=0.2, layers=[6,7,8], buffer_edges=discard")
@@ -50,7 +52,9 @@ def make_parser() -> argparse.ArgumentParser:
     b.add_argument("--text-tower", help="CLIP checkpoint (dir or HF id) for hiprune++")
     b.add_argument("--debug-scores", action="store_true", help="add the per-layer scores as an output")
     b.add_argument("--no-decoder", action="store_true", help="vision engine only")
-    b.add_argument("--max-input-len", type=int, default=1024)
+    b.add_argument("--max-input-len", type=int,
+                   help="decoder prompt limit incl. image tokens (default 1024; LLaVA-NeXT: "
+                        "max(1024, image tokens + 512))")
     b.add_argument("--max-output-len", type=int, default=256)
     b.add_argument("--out", type=Path, help="engine directory (default: engines/<model>-<method>-k<K>)")
 
@@ -86,11 +90,22 @@ def _inspect(args) -> int:
     print(f"model      {config['model']['name']} ({config['model']['source']})")
     print(f"method     {pruning['method']}  K={pruning['output_tokens']}  params={pruning['params']}")
     print(f"precision  {config['precision']}  max batch {config['max_batch']}  selector {vision['selector']}")
+    anyres = vision.get("anyres")
+    if anyres:
+        rows, cols = anyres["patch_grid"]
+        budgets = ", ".join(f"{'/'.join(map(str, b['views']))} views: {b['output']}" for b in anyres["view_budgets"])
+        print(f"anyres     K={anyres['keep_per_image']} per image  {budgets or f'all {rows * cols} per view'}  "
+              f"merge {anyres['merge']}  up to {anyres['max_tokens_per_image']} tokens per image")
     engine = config["engine"]
     print(f"engine     {engine['backend']} {engine['version']}" if engine["built"] else f"engine     none ({engine['reason']})")
     for kind in ("inputs", "outputs"):
         for t in vision[kind]:
             print(f"{kind[:-1]:<10} {t['name']:<16} {t['shape']} {t['dtype']}")
+    text = config.get("text")
+    if text:
+        print(f"text       {text['onnx']}{' + ' + text['engine'] if text.get('engine') else ''}  "
+              f"input_ids [-1, {text['context_length']}] int64 -> text_embeds [-1, {text['embed_dim']}] "
+              f"float32  (up to {text['max_chunks']} chunks, averaged)")
     print(f"decoder    {'yes' if config.get('decoder') else 'no'}")
     for name, digest in config["artifacts"].items():
         print(f"artifact   {name}  sha256:{digest[:16]}")

@@ -137,7 +137,10 @@ def export_decoder(loaded, workdir: Path, *, precision: str, max_batch: int, max
         "visual_tokens": visual_tokens,
         "prompt_table": {
             "contract": "tensorrt-llm",
-            "fake_ids": "vocab_size + request * visual_tokens + j",
+            # visual_tokens is the stride per request: the most image tokens one request can
+            # have (LLaVA-1.5: K; LLaVA-NeXT: the widest layout). A request uses only its own count.
+            "fake_ids": "vocab_size + request * visual_tokens + j for j < the request's own image token count",
+            "unused_rows": "table rows of a request past its own count are zeros",
             "tasks": "zeros",
             "lookup": "id > vocab_size - 1 -> table[id - vocab_size + task * prompt_vocab_size]",
             "prompt_vocab_size": visual_tokens,

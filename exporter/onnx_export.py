@@ -1,4 +1,5 @@
-"""ONNX export of the pruned vision graph with pinned opset / IR version.
+"""ONNX export of the pruned vision graph (LLaVA-1.5, and LLaVA-NeXT's branched per-view form
+in exporter.anyres_graph) with pinned opset / IR version.
 
 Opset 17 (LayerNormalization) with IR version 8 is what ONNX Runtime, TensorRT 10.3's parser
 (JetPack 6.1/6.2) and TensorRT-RTX all accept; newer onnx releases would otherwise stamp a
@@ -15,6 +16,8 @@ import torch
 
 from models.parts import VisionParts
 
+from .anyres_graph import AnyresVisionGraph, SelectorFactory
+from .anyres_plan import AnyresPlan
 from .pruning import PruneConfig
 from .vision_graph import PrunedVisionGraph, Selector
 
@@ -77,8 +80,6 @@ def export_vision_onnx(
     clip_projection: torch.nn.Module | None = None,
 ) -> dict[str, Any]:
     """Export to `path`; returns the I/O description and the file names written."""
-    import onnx
-
     module = build_graph_module(
         parts, cfg, precision=precision, selector=selector, debug_scores=debug_scores,
         clip_projection=clip_projection,
@@ -96,8 +97,18 @@ def export_vision_onnx(
     output_names = ["visual_features", "kept_indices"] + (["layer_scores"] if debug_scores else [])
     for name in output_names:
         dynamic_axes[name] = {0: "batch"}
+    files = _save_onnx(module, args, Path(path), input_names, output_names, dynamic_axes)
+    io = vision_io(parts, cfg, precision, debug_scores)
+    if cfg.uses_prompt:
+        io["inputs"][1]["shape"] = [-1, clip_projection.out_features]
+    return {**io, "files": files}
 
-    path = Path(path)
+
+def _save_onnx(module, args: tuple, path: Path, input_names, output_names, dynamic_axes) -> list[str]:
+    """Trace to `path` with the pinned opset / IR version (weights over 1 GiB go to a .data
+    file); returns the file names written."""
+    import onnx
+
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")
         torch.onnx.export(
@@ -116,7 +127,72 @@ def export_vision_onnx(
     else:
         onnx.save_model(model, str(path))
     onnx.checker.check_model(str(path))
-    io = vision_io(parts, cfg, precision, debug_scores)
-    if cfg.uses_prompt:
-        io["inputs"][1]["shape"] = [-1, clip_projection.out_features]
-    return {**io, "files": files}
+    return files
+
+
+# ---- LLaVA-NeXT (anyres) --------------------------------------------------------------------
+def anyres_vision_io(parts: VisionParts, plan: AnyresPlan, precision: str, debug_scores: bool,
+                     text_dim: int | None = None) -> dict[str, list]:
+    """I/O of the branched anyres graph: V views of any images (-1), each with its K_view."""
+    dtype = DTYPE_NAME[TORCH_DTYPE[precision]]
+    size, r = parts.image_size, plan.rows
+    inputs = [
+        {"name": "pixel_values", "shape": [-1, 3, size, size], "dtype": dtype},
+        {"name": "view_budget", "shape": [-1], "dtype": "int64"},
+    ]
+    if plan.uses_prompt:
+        inputs.append({"name": "text_embeds", "shape": [-1, text_dim or -2], "dtype": "float32"})
+    outputs = [
+        {"name": "visual_features", "shape": [-1, r, parts.llm_hidden], "dtype": dtype},
+        {"name": "kept_indices", "shape": [-1, r], "dtype": "int64"},
+    ]
+    if debug_scores:
+        layers = len(plan.config.layers)
+        outputs.append({"name": "layer_scores", "shape": [-1, layers, plan.config.num_patches + 1],
+                        "dtype": "float32"})
+    return {"inputs": inputs, "outputs": outputs}
+
+
+def build_anyres_module(
+    parts: VisionParts,
+    plan: AnyresPlan,
+    *,
+    precision: str = "fp32",
+    selector_factory: SelectorFactory | None = None,
+    debug_scores: bool = False,
+    clip_projection: torch.nn.Module | None = None,
+) -> AnyresVisionGraph:
+    encoder = build_graph_module(parts, plan.config, precision=precision, debug_scores=debug_scores,
+                                 clip_projection=clip_projection)
+    return AnyresVisionGraph(encoder, plan, selector_factory).eval()
+
+
+def export_anyres_vision_onnx(
+    parts: VisionParts,
+    plan: AnyresPlan,
+    path: Path,
+    *,
+    precision: str = "fp32",
+    selector_factory: SelectorFactory | None = None,
+    debug_scores: bool = False,
+    clip_projection: torch.nn.Module | None = None,
+) -> dict[str, Any]:
+    """Export the branched graph of a pruned anyres plan (`selector_factory`: one selector per
+    branch config, e.g. `plugins.onnx_node.plugin_selector`; default the standard ops)."""
+    module = build_anyres_module(parts, plan, precision=precision, selector_factory=selector_factory,
+                                 debug_scores=debug_scores, clip_projection=clip_projection)
+    size = parts.image_size
+    views = 2  # as for LLaVA-1.5: a traced size of 1 could be specialised away
+    pixel_values = torch.zeros(views, 3, size, size, dtype=TORCH_DTYPE[precision])
+    view_budget = torch.tensor([plan.branches[0].keep, plan.branches[-1].keep], dtype=torch.int64)
+    args: tuple = (pixel_values, view_budget)
+    input_names = ["pixel_values", "view_budget"]
+    text_dim = None
+    if plan.uses_prompt:
+        text_dim = clip_projection.out_features
+        args = (*args, torch.ones(views, text_dim))
+        input_names.append("text_embeds")
+    output_names = ["visual_features", "kept_indices"] + (["layer_scores"] if debug_scores else [])
+    dynamic_axes = {name: {0: "views"} for name in input_names + output_names}
+    files = _save_onnx(module, args, Path(path), input_names, output_names, dynamic_axes)
+    return {**anyres_vision_io(parts, plan, precision, debug_scores, text_dim), "files": files}

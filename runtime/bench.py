@@ -55,9 +55,10 @@ def bench_one(engine_dir: str, backend: str, runs: int, warmup: int, new_tokens:
             tps.append(len(t["decode_s"]) / sum(t["decode_s"]))
     peak_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     pruning = pipe.engine.vision.get("pruning", {})
+    visual = gen.visual_tokens  # the image's own count (LLaVA-NeXT: depends on its layout)
     return {
         "engine_dir": str(engine_dir), "backend": pipe.backend, "method": pruning.get("method"),
-        "keep": pipe.engine.visual_tokens, "prompt_tokens": len(pipe.inputs.prompt_ids(prompt, 0, pipe.engine.visual_tokens)),
+        "keep": visual, "prompt_tokens": len(pipe.inputs.prompt_ids(prompt, 0, pipe.engine.visual_tokens, visual)),
         "new_tokens": new_tokens, "ttft_s": _stats(ttft), "vision_s": _stats(vision), "prefill_s": _stats(prefill),
         "decode_tokens_per_s": _stats(tps) if tps else None, "peak_rss_mib": round(peak_kib / 1024, 1),
         "threads": threads or os.cpu_count(),
@@ -67,6 +68,8 @@ def bench_one(engine_dir: str, backend: str, runs: int, warmup: int, new_tokens:
 def bench(engine_dirs: list[str], backend: str = "auto", runs: int = 5, warmup: int = 1, new_tokens: int = 32,
           prompt: str = "Describe the picture in detail.", image: str | None = None, threads: int = 0) -> list[dict]:
     """One child process per engine directory (see the module docstring)."""
+    if runs < 1 or warmup < 0:
+        raise UserError(f"--runs must be at least 1 and --warmup at least 0, got {runs} and {warmup}")
     results = []
     for d in engine_dirs:
         spec = json.dumps([str(d), backend, runs, warmup, new_tokens, prompt, image, threads])

@@ -28,7 +28,14 @@ class EngineDir:
 
     @property
     def visual_tokens(self) -> int:
+        """Prompt-table rows per request: K for LLaVA-1.5; for LLaVA-NeXT the most tokens any
+        image can take (each request uses only its own image's count of them)."""
         return int(self.decoder["visual_tokens"])
+
+    @property
+    def anyres(self) -> dict[str, Any] | None:
+        """`vision.anyres` of a LLaVA-NeXT engine directory, else None."""
+        return self.vision.get("anyres") or None
 
     @property
     def max_batch(self) -> int:
@@ -67,4 +74,8 @@ def open_engine_dir(path: str | Path) -> EngineDir:
     if not config.get("decoder"):
         raise UserError(f"{path} was built without a decoder; rebuild it with `python -m exporter build` "
                         "from this release")
+    anyres = config["vision"].get("anyres")
+    if anyres and int(config["decoder"].get("visual_tokens", 0)) < int(anyres.get("max_tokens_per_image", 0)):
+        raise UserError(f"{path}: the decoder's prompt table holds {config['decoder'].get('visual_tokens')} tokens per "
+                        f"request, fewer than the {anyres['max_tokens_per_image']} an image can take: rebuild it")
     return EngineDir(path, config)

@@ -34,16 +34,34 @@ def checkpoint_model(name: str, path: str | None):
     return loaded.model.float().eval()
 
 
-def _text_embedder(engine: EngineDir, tokenizer):
+def _text_embedder(engine: EngineDir, backend: str, threads: int = 0):
+    """The prompt embedder on the vision backend's own library (text.onnx, text.engine, or
+    the HF text tower for the torch reference)."""
     from .text_embeds import TextEmbedder
 
-    return TextEmbedder(engine, tokenizer)
+    return TextEmbedder(engine, backend, threads)
+
+
+def _prompt_embeds(text, prompts) -> np.ndarray:
+    """(len(prompts), D) with each distinct prompt embedded once: a LLaVA-NeXT image repeats its
+    prompt for every one of its views."""
+    unique = list(dict.fromkeys(prompts))
+    rows = np.asarray(text(unique))
+    return rows[[unique.index(p) for p in prompts]]
+
+
+def _view_budget(view_budget, views: int) -> np.ndarray:
+    """The anyres graph's (V,) int64 `view_budget` input (each view's K_view)."""
+    if view_budget is None or len(view_budget) != views:
+        raise UserError("this LLaVA-NeXT vision engine needs each view's K_view (view_budget); "
+                        "run it through runtime.Pipeline")
+    return np.ascontiguousarray(view_budget, dtype=np.int64)
 
 
 class OrtVision:
     name = "onnxruntime"
 
-    def __init__(self, engine: EngineDir, threads: int = 0, tokenizer=None):
+    def __init__(self, engine: EngineDir, threads: int = 0):
         ort = need("onnxruntime", "onnxruntime")
         opts = ort.SessionOptions()
         if threads:
@@ -51,15 +69,18 @@ class OrtVision:
         path = engine.file(engine.vision.get("onnx"), "vision ONNX file")
         self.session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
         names = [i.name for i in self.session.get_inputs()]
-        if names not in (["pixel_values"], ["pixel_values", "text_embeds"]):
+        self.takes_budget = "view_budget" in names  # anyres pruned graphs: one K_view per view
+        if [n for n in names if n != "view_budget"] not in (["pixel_values"], ["pixel_values", "text_embeds"]):
             raise UserError(f"the vision graph takes {names}: not an edgeprune vision graph")
-        self.text = _text_embedder(engine, tokenizer) if "text_embeds" in names else None
+        self.text = _text_embedder(engine, self.name, threads) if "text_embeds" in names else None
         self.dtype = "float16" if "float16" in self.session.get_inputs()[0].type else "float32"
 
-    def __call__(self, pixel_values: np.ndarray, prompts) -> tuple[np.ndarray, np.ndarray]:
+    def __call__(self, pixel_values: np.ndarray, prompts, view_budget=None) -> tuple[np.ndarray, np.ndarray]:
         feeds = {"pixel_values": pixel_values.astype(self.dtype)}
+        if self.takes_budget:
+            feeds["view_budget"] = _view_budget(view_budget, len(pixel_values))
         if self.text is not None:
-            feeds["text_embeds"] = self.text(prompts)
+            feeds["text_embeds"] = _prompt_embeds(self.text, prompts)
         feats, kept = self.session.run(["visual_features", "kept_indices"], feeds)
         return feats, kept.astype(np.int64)
 
@@ -67,7 +88,7 @@ class OrtVision:
 class TorchVision:
     name = "torch"
 
-    def __init__(self, engine: EngineDir, tokenizer=None):
+    def __init__(self, engine: EngineDir):
         import torch
 
         from exporter.pruning import layer_scores, select_tokens
@@ -79,12 +100,23 @@ class TorchVision:
         self.parts.vision_tower.config._attn_implementation = "eager"
         self.pruning = engine.vision["pruning"]
         self.torch, self.layer_scores, self.select = torch, layer_scores, select_tokens
-        self.text = _text_embedder(engine, tokenizer) if self.pruning["method"] == "hiprune++" else None
+        self.text = _text_embedder(engine, self.name) if self.pruning["method"] == "hiprune++" else None
         self.dtype = "float32"
+        self.anyres = engine.vision.get("anyres")  # LLaVA-NeXT: runtime/anyres_torch.py
 
-    def __call__(self, pixel_values: np.ndarray, prompts) -> tuple[np.ndarray, np.ndarray]:
+    def stock_features(self, pixel_values: np.ndarray, image_sizes) -> list[np.ndarray]:
+        """LLaVA-NeXT without pruning: the HF model's own get_image_features (the baseline)."""
+        from .anyres_torch import stock_features
+
+        return stock_features(self.model, pixel_values, image_sizes)
+
+    def __call__(self, pixel_values: np.ndarray, prompts, view_budget=None) -> tuple[np.ndarray, np.ndarray]:
         torch = self.torch
         p = self.pruning
+        if self.anyres and p["method"] != "none":
+            from .anyres_torch import pruned_views
+
+            return pruned_views(self, pixel_values, prompts, _view_budget(view_budget, len(pixel_values)))
         with torch.no_grad():
             out = self.parts.vision_tower(torch.from_numpy(pixel_values).float(), output_hidden_states=True,
                                           output_attentions=p["method"] != "none")
@@ -105,28 +137,36 @@ class TorchVision:
 class TrtVision:
     name = "tensorrt"
 
-    def __init__(self, engine: EngineDir, tokenizer=None):
+    def __init__(self, engine: EngineDir):
         from .trt_runner import TrtEngine
 
         self.engine = TrtEngine(engine, engine.vision.get("engine"), "vision engine")
         self.dtype = self.engine.input_dtype("pixel_values")
         method = engine.vision.get("pruning", {}).get("method")
-        self.text = _text_embedder(engine, tokenizer) if method == "hiprune++" else None
+        self.text = _text_embedder(engine, self.name) if method == "hiprune++" else None
+        trt_engine = self.engine.engine
+        names = {trt_engine.get_tensor_name(i) for i in range(trt_engine.num_io_tensors)}
+        self.takes_budget = "view_budget" in names  # anyres pruned engines
+        if "text_embeds" not in names:  # anyres engines whose budgets add no prompt-aware token
+            self.text = None
 
-    def __call__(self, pixel_values: np.ndarray, prompts) -> tuple[np.ndarray, np.ndarray]:
+    def __call__(self, pixel_values: np.ndarray, prompts, view_budget=None) -> tuple[np.ndarray, np.ndarray]:
         feeds = {"pixel_values": pixel_values}
+        if self.takes_budget:
+            feeds["view_budget"] = _view_budget(view_budget, len(pixel_values))
         if self.text is not None:
-            feeds["text_embeds"] = self.text(prompts)
+            feeds["text_embeds"] = _prompt_embeds(self.text, prompts)
         out = self.engine.run(feeds, ["visual_features", "kept_indices"])
         return out["visual_features"], out["kept_indices"].astype(np.int64)
 
 
 def make_vision(engine: EngineDir, backend: str, threads: int = 0, tokenizer=None) -> Any:
-    """`tokenizer` tokenizes prompts for a CLIP text tower that ships without one (tiny model)."""
+    """`tokenizer` is ignored (kept for callers of earlier releases): the CLIP text tower's
+    tokenizer now ships in the engine directory."""
     if backend == "onnxruntime":
-        return OrtVision(engine, threads, tokenizer)
+        return OrtVision(engine, threads)
     if backend == "torch":
-        return TorchVision(engine, tokenizer)
+        return TorchVision(engine)
     if backend == "tensorrt":
-        return TrtVision(engine, tokenizer)
+        return TrtVision(engine)
     raise UserError(f"unknown vision backend {backend!r}")

@@ -22,6 +22,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 SCALED = "llava-1.5-7b-cpu"
+SCALED_NEXT = "llava-next-7b-cpu"
+NEXT_IMAGE_SIDE = 672  # a square image: the 2 x 2 layout, 5 views = 2880 patches (the stock path adds 48 newlines)
 PROMPT = "Describe the picture in detail."
 
 
@@ -39,16 +41,24 @@ def register_scaled_spec() -> None:
             "num_attention_heads": 12, "num_key_value_heads": 12}
     SPECS.setdefault(SCALED, ModelSpec(SCALED, "edgeprune/" + SCALED, "LlavaForConditionalGeneration",
                                        LLAVA_TOP, text, vision))
+    from models.specs import LLAVA_NEXT_TOP
+
+    SPECS.setdefault(SCALED_NEXT, ModelSpec(SCALED_NEXT, "edgeprune/" + SCALED_NEXT, "LlavaNextForConditionalGeneration",
+                                            LLAVA_NEXT_TOP, text, vision))
 
 
 # ---- FLOPs (multiply-add = 2), counted the way MODELS.md counts LLaVA-1.5-7B -----------------
-def vision_flops(vc, text_hidden: int, keep: int) -> float:
+def vision_flops(vc, text_hidden: int, keep: int, views: int = 1) -> float:
+    """`views` encoder passes (LLaVA-NeXT: base + crops) and the projector on `keep` rows in all."""
+    return views * _encoder_flops(vc) + 2 * keep * (vc.hidden_size * text_hidden + text_hidden * text_hidden)
+
+
+def _encoder_flops(vc) -> float:
     t = (vc.image_size // vc.patch_size) ** 2 + 1
     h, i = vc.hidden_size, vc.intermediate_size
     layer = 2 * t * (4 * h * h + 2 * h * i) + 2 * 2 * t * t * h
     patch = 2 * (t - 1) * 3 * vc.patch_size ** 2 * h
-    projector = 2 * keep * (h * text_hidden + text_hidden * text_hidden)
-    return patch + (vc.num_hidden_layers - 1) * layer + projector  # layer 24 is never run
+    return patch + (vc.num_hidden_layers - 1) * layer  # layer 24 is never run
 
 
 def llm_token_flops(tc) -> float:
@@ -62,8 +72,10 @@ def prefill_flops(tc, tokens: int) -> float:
     return tokens * llm_token_flops(tc) + attention + 2 * tc.hidden_size * tc.vocab_size
 
 
-def ttft_flops(config, keep: int, text_tokens: int) -> float:
-    return vision_flops(config.vision_config, config.text_config.hidden_size, keep) + \
+def ttft_flops(config, keep: int, text_tokens: int, views: int = 1, projected: int | None = None) -> float:
+    """`keep` visual tokens reach the LLM; `projected` rows go through the projector (default keep)."""
+    projected = keep if projected is None else projected
+    return vision_flops(config.vision_config, config.text_config.hidden_size, projected, views) + \
         prefill_flops(config.text_config, keep + text_tokens)
 
 

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Reproduce an engine directory's numbers with NVIDIA's own tools, and check its outputs.
 
-    python scripts/compare_engines.py ENGINE_DIR [--batch 1] [--run] [--json FILE]
+    python scripts/compare_engines.py ENGINE_DIR [--batch 1] [--views N] [--run] [--json FILE]
 
 Prints the exact `trtexec` command (engine, plugin library, shapes of every input; on
 TensorRT 10.x `--useCudaGraph --noDataTransfers --useSpinWait`, which TensorRT 11 does by
@@ -10,6 +10,14 @@ TensorRT engine with ONNX Runtime on the same inputs, the plugin library loaded.
 and the tools present, runs them and reports trtexec's performance summary and polygraphy's
 verdict in the row format of `python -m runtime bench --json`. Without TensorRT, --run
 compares the standard-op graph under ONNX Runtime with the PyTorch reference instead.
+
+LLaVA-NeXT (anyres) engines take one row per view, V = batch * views, and a `view_budget`
+(V,) int64 input that must hold a built K_view (an unknown budget selects no token at all,
+which would time the same work but compare nothing). The commands feed `--views N` views per
+image (default: the view count of the engine's first budget; `none`: the widest layout) and
+that view count's K_view for every view: trtexec reads it from a raw int64 file written into
+the work folder (`--loadInputs=view_budget:FILE`, trtexec's only way to set an input's
+values), polygraphy generates it with `--val-range view_budget:[K,K]`.
 """
 from __future__ import annotations
 
@@ -94,20 +102,60 @@ def _shape(dims: list[int], batch: int, name: str, overrides: dict[str, list[int
     return out
 
 
-def input_shapes(config: dict, batch: int, overrides: dict[str, list[int]] | None = None) -> dict[str, list[int]]:
+def input_shapes(config: dict, batch: int, overrides: dict[str, list[int]] | None = None,
+                 views: int = 1) -> dict[str, list[int]]:
+    """Every input's shape; the dynamic leading axis is batch * views (views = 1 but anyres)."""
     return {
-        i["name"]: _shape(i["shape"], batch, i["name"], overrides or {}) for i in config["vision"]["inputs"]
+        i["name"]: _shape(i["shape"], batch * views, i["name"], overrides or {}) for i in config["vision"]["inputs"]
     }
 
 
+# ---- LLaVA-NeXT (anyres) ------------------------------------------------------------------
+def views_per_image(config: dict, views: int | None = None) -> int:
+    """Views fed per image: 1 for LLaVA-1.5; for anyres `views` if it is a layout's view count,
+    else the first budget's view count (pruned) or the widest layout (none)."""
+    anyres = config["vision"].get("anyres")
+    if not anyres:
+        if views not in (None, 1):
+            raise ValueError("--views applies to LLaVA-NeXT (anyres) engine directories only")
+        return 1
+    counts = sorted({layout["views"] for layout in anyres["layouts"]})
+    if views is None:
+        budgets = anyres["view_budgets"]
+        return budgets[0]["views"][0] if budgets else counts[-1]
+    if views not in counts:
+        raise ValueError(f"--views {views}: this engine's layouts have {', '.join(map(str, counts))} views")
+    return views
+
+
+def view_budget_value(config: dict, views: int) -> int | None:
+    """The K_view every view of a `views`-view image gets (None: the engine has no budgets)."""
+    for budget in (config["vision"].get("anyres") or {}).get("view_budgets", []):
+        if views in budget["views"]:
+            return int(budget["keep"])
+    return None
+
+
+def write_view_budget(work: Path, count: int, value: int) -> Path:
+    """trtexec --loadInputs reads raw little-endian bytes of the input's dtype (int64 here)."""
+    import numpy as np
+
+    work.mkdir(parents=True, exist_ok=True)
+    path = work / "view_budget.bin"
+    np.full(count, value, dtype="<i8").tofile(path)
+    return path
+
+
 def trtexec_command(engine_dir: Path, config: dict, shapes: dict[str, list[int]], trt_major: int,
-                    trtexec: str = "trtexec") -> list[str]:
+                    trtexec: str = "trtexec", load_inputs: dict[str, Path] | None = None) -> list[str]:
     vision = config["vision"]
     cmd = [trtexec, f"--loadEngine={engine_dir / vision['engine']}"]
     library = (vision.get("plugin") or {}).get("library")
     if library:
         cmd.append(f"--dynamicPlugins={library}")
     cmd.append("--shapes=" + ",".join(f"{n}:{'x'.join(map(str, s))}" for n, s in shapes.items()))
+    if load_inputs:
+        cmd.append("--loadInputs=" + ",".join(f"{n}:{p}" for n, p in load_inputs.items()))
     if trt_major < 11:
         cmd += TRT10_COMPARABLE_FLAGS
     return cmd
@@ -118,11 +166,15 @@ def _tolerance_args() -> list[str]:
             + ["--rtol"] + [f"{k}:{r}" for k, (_, r) in TOLERANCES.items()])
 
 
-def polygraphy_commands(engine_dir: Path, config: dict, shapes: dict[str, list[int]], work: Path) -> list[list[str]]:
+def polygraphy_commands(engine_dir: Path, config: dict, shapes: dict[str, list[int]], work: Path,
+                        constants: dict[str, int] | None = None) -> list[list[str]]:
     """ORT on the standard-op graph saves its inputs and outputs; the engine then runs on the
-    very same inputs and is compared with them."""
+    very same inputs and is compared with them. `constants`: integer inputs generated as one
+    value (anyres view_budget)."""
     vision = config["vision"]
     shape_args = ["--input-shapes"] + [f"{n}:{list(s)}".replace(" ", "") for n, s in shapes.items()]
+    if constants:
+        shape_args += ["--val-range"] + [f"{n}:[{v},{v}]" for n, v in constants.items()]
     inputs, ort_out = work / "inputs.json", work / "ort_outputs.json"
     ort = ["polygraphy", "run", str(engine_dir / vision["onnx"]), "--onnxrt", *shape_args,
            "--save-inputs", str(inputs), "--save-outputs", str(ort_out)]
@@ -161,28 +213,51 @@ def save_reference(onnx_inputs: dict, reference_outputs: dict, work: Path) -> tu
     return inputs, outputs
 
 
-def torch_reference(engine_dir: Path, config: dict, shapes: dict[str, list[int]], work: Path) -> dict[str, Any]:
+def _reference_module(loaded, config: dict):
+    """The PyTorch graph the engine directory's vision.onnx was exported from (fp32)."""
+    from exporter.onnx_export import build_anyres_module, build_graph_module
+    from exporter.pruning import make_config
+
+    pruning = config["vision"]["pruning"]
+    params = pruning["params"]
+    projection = None
+    if pruning["method"] == "hiprune++" and any(i["name"] == "text_embeds" for i in config["vision"]["inputs"]):
+        from models.text_tower import load_visual_projection
+
+        projection = load_visual_projection(loaded)
+    if config["vision"].get("anyres") and pruning["method"] != "none":
+        from exporter.anyres_plan import plan_anyres
+
+        plan = plan_anyres(pruning["method"], pruning["keep"], loaded.config, params)
+        return build_anyres_module(loaded.vision, plan, precision="fp32", clip_projection=projection)
+    cfg = make_config(pruning["method"], pruning["keep"], grid=tuple(pruning["grid"]),
+                      num_layers=pruning["num_layers"], **params)
+    return build_graph_module(loaded.vision, cfg, precision="fp32", clip_projection=projection)
+
+
+def torch_reference(engine_dir: Path, config: dict, shapes: dict[str, list[int]], work: Path,
+                    constants: dict[str, int] | None = None) -> dict[str, Any]:
     """CPU path: the engine directory's standard-op graph under ONNX Runtime vs the PyTorch
-    graph it was exported from, on seeded random inputs."""
+    graph it was exported from, on seeded random inputs (`constants`: int64 inputs)."""
     import numpy as np
     import torch
 
-    from exporter.onnx_export import build_graph_module
-    from exporter.pruning import make_config
     from models import load_model
 
-    pruning = config["vision"]["pruning"]
     loaded = load_model(config["model"]["name"])
-    cfg = make_config(pruning["method"], pruning["keep"], grid=tuple(pruning["grid"]),
-                      num_layers=pruning["num_layers"], **pruning["params"])
-    module = build_graph_module(loaded.vision, cfg, precision="fp32")
+    module = _reference_module(loaded, config)
     gen = torch.Generator().manual_seed(0)
-    feeds = {n: torch.rand(*s, generator=gen) for n, s in shapes.items()}
+    feeds = {
+        n: torch.full(s, (constants or {})[n], dtype=torch.int64) if n in (constants or {})
+        else torch.rand(*s, generator=gen)
+        for n, s in shapes.items()
+    }
     with torch.no_grad():
         outs = module(*feeds.values())
     names = [o["name"] for o in config["vision"]["outputs"]]
     ref = {n: o.numpy() for n, o in zip(names, outs)}
-    inputs, outputs = save_reference({n: v.numpy().astype(np.float32) for n, v in feeds.items()}, ref, work)
+    arrays = {n: v.numpy() if v.dtype == torch.int64 else v.numpy().astype(np.float32) for n, v in feeds.items()}
+    inputs, outputs = save_reference(arrays, ref, work)
     return run_polygraphy(ort_vs_reference_command(engine_dir / config["vision"]["onnx"], inputs, outputs))
 
 
@@ -194,29 +269,47 @@ def _tensorrt_major() -> int | None:
     return int(tensorrt.__version__.split(".")[0])
 
 
-def compare(engine_dir: Path, batch: int, run: bool, overrides: dict[str, list[int]], work: Path) -> dict[str, Any]:
+def compare(engine_dir: Path, batch: int, run: bool, overrides: dict[str, list[int]], work: Path,
+            views: int | None = None) -> dict[str, Any]:
     from exporter.engine_dir import read_config
 
-    config = read_config(engine_dir)
-    shapes = input_shapes(config, batch, overrides)
+    return compare_config(read_config(engine_dir), engine_dir, batch, run, overrides, work, views)
+
+
+def compare_config(config: dict, engine_dir: Path, batch: int, run: bool, overrides: dict[str, list[int]],
+                   work: Path, views: int | None = None) -> dict[str, Any]:
+    """One row for an engine directory's config.json (see `compare`)."""
+    views = views_per_image(config, views)
+    shapes = input_shapes(config, batch, overrides, views)
     major = _tensorrt_major() or 10
     row: dict[str, Any] = {"engine_dir": str(engine_dir), "batch": batch,
                            "selector": config["vision"].get("selector")}
+    constants, load_inputs = {}, {}
+    if config["vision"].get("anyres"):
+        row["views_per_image"] = views
+    budget = view_budget_value(config, views)
+    if "view_budget" in shapes and budget is not None:
+        row["view_budget"] = constants["view_budget"] = budget
     has_engine = bool(config["vision"].get("engine"))
+    if has_engine and constants:  # the printed trtexec command needs the file to exist
+        load_inputs["view_budget"] = write_view_budget(work, shapes["view_budget"][0], budget)
     if has_engine:
-        row["trtexec_command"] = shlex.join(trtexec_command(engine_dir, config, shapes, major))
-        row["polygraphy_commands"] = [shlex.join(c) for c in polygraphy_commands(engine_dir, config, shapes, work)]
+        row["trtexec_command"] = shlex.join(trtexec_command(engine_dir, config, shapes, major,
+                                                            load_inputs=load_inputs))
+        row["polygraphy_commands"] = [shlex.join(c) for c in
+                                      polygraphy_commands(engine_dir, config, shapes, work, constants)]
     if not run:
         return row
     trtexec = shutil.which("trtexec")
     if has_engine and trtexec and _tensorrt_major() is not None:
-        proc = subprocess.run(trtexec_command(engine_dir, config, shapes, major, trtexec), capture_output=True, text=True)
+        proc = subprocess.run(trtexec_command(engine_dir, config, shapes, major, trtexec, load_inputs),
+                              capture_output=True, text=True)
         row["trtexec"] = parse_trtexec(proc.stdout)
-        ort, trt = polygraphy_commands(engine_dir, config, shapes, work)
+        ort, trt = polygraphy_commands(engine_dir, config, shapes, work, constants)
         subprocess.run(ort, capture_output=True, text=True, check=True)
         row["polygraphy"] = run_polygraphy(trt)
     else:
-        row["polygraphy_ort_vs_torch"] = torch_reference(engine_dir, config, shapes, work)
+        row["polygraphy_ort_vs_torch"] = torch_reference(engine_dir, config, shapes, work, constants)
     return row
 
 
@@ -224,6 +317,8 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("engine_dir", type=Path, nargs="+")
     ap.add_argument("--batch", type=int, default=1)
+    ap.add_argument("--views", type=int, help="LLaVA-NeXT: views per image (one of the layouts' view counts; "
+                    "default: the first budget's)")
     ap.add_argument("--shape", action="append", default=[], metavar="NAME:AxB", help="override an input shape")
     ap.add_argument("--run", action="store_true", help="run the tools that are installed")
     ap.add_argument("--json", nargs="?", const="-", help="write rows as JSON (to FILE, or stdout)")
@@ -240,7 +335,7 @@ def main(argv: list[str] | None = None) -> int:
             work = args.work or Path(f"compare-{engine_dir.resolve().name}")
             if args.run:
                 work.mkdir(parents=True, exist_ok=True)
-            rows.append(compare(engine_dir, args.batch, args.run, overrides, work))
+            rows.append(compare(engine_dir, args.batch, args.run, overrides, work, args.views))
     except Exception as exc:  # noqa: BLE001 - one line for the user, no traceback
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -249,7 +344,9 @@ def main(argv: list[str] | None = None) -> int:
         print(text) if args.json == "-" else Path(args.json).write_text(text + "\n")
         return 0
     for row in rows:
-        print(f"# {row['engine_dir']} (batch {row['batch']}, selector {row['selector']})")
+        extra = f", {row['views_per_image']} views per image" if "views_per_image" in row else ""
+        extra += f", view_budget {row['view_budget']}" if "view_budget" in row else ""
+        print(f"# {row['engine_dir']} (batch {row['batch']}{extra}, selector {row['selector']})")
         for key in ("trtexec_command",):
             if key in row:
                 print(row[key])

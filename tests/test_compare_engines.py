@@ -131,3 +131,38 @@ def test_polygraphy_ort_matches_pytorch_reference(standard_selection_graph, tmp_
     result = ce.run_polygraphy(ce.ort_vs_reference_command(path, inputs, outputs))
     assert result["passed"] is False and result["outputs"] == {"kept_indices": False}
     assert np.array_equal(select_tokens("hiprune", scores, 64).numpy(), reference)
+
+
+ANYRES_CONFIG = {
+    "vision": {
+        "onnx": "vision.onnx",
+        "engine": "vision.engine",
+        "selector": "onnx",
+        "inputs": [
+            {"name": "pixel_values", "shape": [-1, 3, 336, 336], "dtype": "float16"},
+            {"name": "view_budget", "shape": [-1], "dtype": "int64"},
+        ],
+        "anyres": {
+            "layouts": [{"pinpoint": [336, 672], "rows": 1, "cols": 2, "views": 3},
+                        {"pinpoint": [672, 672], "rows": 2, "cols": 2, "views": 5}],
+            "view_budgets": [{"views": [3], "keep": 213, "output": 213}, {"views": [5], "keep": 128, "output": 128}],
+        },
+    }
+}
+
+
+def test_anyres_commands_feed_views_and_a_built_budget(tmp_path):
+    """V = batch * views; every view gets that view count's K_view (trtexec from a raw int64
+    file, polygraphy from a one-value range)."""
+    assert ce.views_per_image(ANYRES_CONFIG) == 3 and ce.views_per_image(ANYRES_CONFIG, 5) == 5
+    with pytest.raises(ValueError, match="--views 4: this engine's layouts have 3, 5 views"):
+        ce.views_per_image(ANYRES_CONFIG, 4)
+    with pytest.raises(ValueError, match="anyres"):
+        ce.views_per_image(CONFIG, 3)
+    assert ce.views_per_image(CONFIG) == 1
+    row = ce.compare_config(ANYRES_CONFIG, Path("/e"), batch=2, run=False, overrides={}, work=tmp_path, views=5)
+    assert row["views_per_image"] == 5 and row["view_budget"] == 128
+    assert "--shapes=pixel_values:10x3x336x336,view_budget:10" in row["trtexec_command"]
+    assert f"--loadInputs=view_budget:{tmp_path / 'view_budget.bin'}" in row["trtexec_command"]
+    assert np.fromfile(tmp_path / "view_budget.bin", dtype="<i8").tolist() == [128] * 10
+    assert "--val-range 'view_budget:[128,128]'" in row["polygraphy_commands"][0]

@@ -37,6 +37,15 @@ def test_rtx_engine_for_every_method(tmp_path, method, keep, tokens, precision):
     assert io["kept_indices"]["dtype"] == "int64"
     if method == "hiprune++":
         assert io["text_embeds"]["shape"] == [-1, 32]
+        text = config["text"]  # the CLIP text tower gets its own float32 engine
+        assert text["engine"] == "text.engine" and (out / "text.engine").stat().st_size > 10_000
+        assert text["engine_io"] == [
+            {"name": "input_ids", "mode": "input", "shape": [-1, 77], "dtype": "int64"},
+            {"name": "text_embeds", "mode": "output", "shape": [-1, 32], "dtype": "float32"},
+        ]
+        assert text["engine_profiles"] == [{"input_ids": [[1, 77], [1, 77], [32, 77]]}]  # 8 chunks x batch 4
+    else:
+        assert config["text"] is None and not (out / "text.engine").exists()
     assert config["vision"]["engine_profiles"][0]["pixel_values"] == [[1, 3, 336, 336], [1, 3, 336, 336], [4, 3, 336, 336]]
 
 
