@@ -93,6 +93,10 @@ def plugin_selector(cfg: PruneConfig) -> Callable[[torch.Tensor, torch.Tensor | 
 
     def selector(layer_rows: torch.Tensor, similarity: torch.Tensor | None = None) -> torch.Tensor:
         if cfg.method == "hiprune++":
+            if similarity is None and cfg.num_extra == 0:
+                # t = 0 (small K): the graph has no prompt input, but the plugin's hiprune++ mode
+                # takes one; zeros are never read since no extra token is chosen
+                similarity = torch.zeros_like(layer_rows[:, 0], dtype=torch.float32)
             if similarity is None:
                 raise ValueError("hiprune++ needs the (B, N) text similarity")
             if similarity.dtype != torch.float32:

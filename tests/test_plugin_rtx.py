@@ -170,3 +170,18 @@ def test_tiny_vision_graph_plugin_variant(plugin_library, tiny, tmp_path):
     assert result["io"]["visual_features"]["shape"][:2] == [-1, 64]
     assert sum(layer["type"] == "PLUGIN_V3" for layer in result["layers"]) == 1
     assert_plan_fields(result, cfg)
+
+
+def test_hiprune_plus_without_extra_tokens_builds_with_plugin(plugin_library, tiny, tmp_path):
+    """K <= 25 gives t = 0: the graph has no text_embeds input, the plugin node gets zeros."""
+    from exporter.onnx_export import export_vision_onnx
+
+    cfg = make_config("hiprune++", 16, num_layers=tiny.vision.vision_tower.config.num_hidden_layers)
+    assert cfg.num_extra == 0
+    path = tmp_path / "vision.onnx"
+    export_vision_onnx(tiny.vision, cfg, path, selector=plugin_selector(cfg))
+    result, _ = run_check(plugin_library, path, "--batch", "1,1,2")
+    assert result["parsed"], result["parser_errors"]
+    assert result["built"]
+    assert "text_embeds" not in result["io"]
+    assert result["io"]["kept_indices"] == {"kind": "output", "shape": [-1, 16], "dtype": "INT64"}
