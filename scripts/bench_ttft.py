@@ -9,6 +9,10 @@ LLaVA-1.5-7B: the vision tower costs about as much as 29 LLM tokens (7B: 382 / 1
 so the ideal TTFT ratio at K=128 is ~0.32 in both (see `balance` in the JSON).
 
     python scripts/bench_ttft.py --out benchmarks/results/ttft_cpu.json --plot benchmarks/results/ttft_cpu.png
+
+`--model llava-next-7b-cpu` does the same for LLaVA-NeXT (same scaled widths, the real anyres
+layouts) on a square 672 px image (5 views, 2880 patches; the stock `none` path feeds 2928
+tokens with its row newlines) at K = 640, 320, 160 per image.
 """
 from __future__ import annotations
 
@@ -109,62 +113,105 @@ def _ensure_decoder(out: Path, model: str, precision: str, max_input_len: int, m
     cfg_path.write_text(json.dumps(cfg, indent=1))
 
 
-def build(model: str, method: str, keep: int | None, root: Path, random_weights: bool, precision: str) -> Path:
+def build(model: str, method: str, keep: int | None, root: Path, random_weights: bool, precision: str,
+          anyres: bool = False) -> Path:
     from exporter.build import BuildOptions
     from exporter.build import build as run_build
 
     out = root / f"{model}-{method}-k{keep or 576}-{precision}"
+    max_input_len = None if anyres else 700  # anyres: sized by the build from the image tokens
     if not (out / "config.json").exists():
         run_build(BuildOptions(model=model, keep=keep, out=out, method=method, random_weights=random_weights,
-                               precision=precision, backend="onnx", selector="onnx", max_input_len=700,
+                               precision=precision, backend="onnx", selector="onnx", max_input_len=max_input_len,
                                max_output_len=64, command="scripts/bench_ttft.py"))
-    if random_weights:
+    if random_weights and not anyres:
         _ensure_decoder(out, model, precision, 700, 64)
     return out
 
 
+def next_image(work: Path) -> Path:
+    """A fixed square photo-like image: LLaVA-NeXT's 2 x 2 layout, 5 views (2880 patches)."""
+    import numpy as np
+    from PIL import Image
+
+    path = work / f"next_{NEXT_IMAGE_SIDE}.png"
+    if not path.exists():
+        work.mkdir(parents=True, exist_ok=True)
+        rng = np.random.default_rng(0)
+        small = rng.integers(0, 255, (42, 42, 3), dtype=np.uint8)
+        Image.fromarray(small).resize((NEXT_IMAGE_SIDE, NEXT_IMAGE_SIDE), Image.BILINEAR).save(path)
+    return path
+
+
+def machine() -> dict:
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from bench_vision import machine as describe_machine
+
+    return describe_machine()
+
+
+def versions() -> dict:
+    from exporter.build import versions as library_versions
+
+    return library_versions()
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--model", default=SCALED, help=f"default: {SCALED} (random weights); or tiny-llava, ...")
+    p.add_argument("--model", default=SCALED,
+                   help=f"default: {SCALED} (random weights); {SCALED_NEXT} for LLaVA-NeXT; or tiny-llava, ...")
     p.add_argument("--methods", nargs="+", default=["hivtp", "hiprune"])
-    p.add_argument("--keeps", nargs="+", type=int, default=[64, 128, 192])
+    p.add_argument("--keeps", nargs="+", type=int, help="default 64 128 192; LLaVA-NeXT models: 640 320 160")
     p.add_argument("--runs", type=int, default=5)
     p.add_argument("--new-tokens", type=int, default=32)
     p.add_argument("--threads", type=int, default=0)
     p.add_argument("--precision", default="fp32", choices=("fp32", "fp16"))
     p.add_argument("--work", type=Path, default=ROOT / "engines" / "bench")
-    p.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "ttft_cpu.json")
+    p.add_argument("--out", type=Path, help="default benchmarks/results/ttft_cpu.json (LLaVA-NeXT: ttft_next_cpu.json)")
     p.add_argument("--plot", type=Path)
     args = p.parse_args(argv)
 
     from models import load_model
     from runtime.bench import bench, plot, table
 
+    from models.anyres import image_layout, is_anyres
+
     register_scaled_spec()
-    random_weights = args.model != "tiny-llava"
+    random_weights = args.model not in ("tiny-llava", "tiny-llava-next")
     config = load_model(args.model, random_weights=random_weights).config
-    dirs = [build(args.model, "none", None, args.work, random_weights, args.precision)]
-    dirs += [build(args.model, m, k, args.work, random_weights, args.precision) for m in args.methods for k in args.keeps]
+    anyres = is_anyres(config)
+    keeps = args.keeps or ([640, 320, 160] if anyres else [64, 128, 192])
+    args.out = args.out or ROOT / "benchmarks" / "results" / ("ttft_next_cpu.json" if anyres else "ttft_cpu.json")
+    image = next_image(args.work) if anyres else None
+    views = image_layout(config, (NEXT_IMAGE_SIDE, NEXT_IMAGE_SIDE)).views if anyres else 1
+    dirs = [build(args.model, "none", None, args.work, random_weights, args.precision, anyres)]
+    dirs += [build(args.model, m, k, args.work, random_weights, args.precision, anyres)
+             for m in args.methods for k in keeps]
     results = bench([str(d) for d in dirs], "onnxruntime", runs=args.runs, warmup=1, new_tokens=args.new_tokens,
-                    prompt=PROMPT, threads=args.threads)
+                    prompt=PROMPT, image=str(image) if image else None, threads=args.threads)
     print(table(results))
     base = results[0]
     text_tokens = base["prompt_tokens"] - base["keep"]
     print(f"\n{'method':<9} {'K':>4} {'TTFT ratio':>11} {'ideal (FLOPs)':>14} {'deviation':>10} {'decode tok/s ratio':>19}")
     for r in results:
         measured = r["ttft_s"]["median"] / base["ttft_s"]["median"]
-        ideal = ttft_flops(config, r["keep"], text_tokens) / ttft_flops(config, base["keep"], text_tokens)
+        # every view is encoded; the projector sees all views' rows unpruned, K rows pruned
+        projected = views * 576 if r["method"] == "none" else r["keep"]
+        r["views"] = views
+        r["ttft_gflops"] = ttft_flops(config, r["keep"], text_tokens, views, projected) / 1e9
+        ideal = r["ttft_gflops"] / (ttft_flops(config, base["keep"], text_tokens, views, views * 576) / 1e9)
         r["ttft_ratio"], r["ideal_ratio"] = measured, ideal
         r["ratio_deviation"] = measured / ideal - 1
         r["decode_ratio"] = r["decode_tokens_per_s"]["median"] / base["decode_tokens_per_s"]["median"]
-        r["ttft_gflops"] = ttft_flops(config, r["keep"], text_tokens) / 1e9
         print(f"{r['method']:<9} {r['keep']:>4} {measured:>11.3f} {ideal:>14.3f} {r['ratio_deviation']:>+10.1%} "
               f"{r['decode_ratio']:>19.3f}")
     from models.specs import SPECS, llava_config
 
     report = {
+        "machine": machine(), "versions": versions(),
         "model": args.model, "random_weights": random_weights, "precision": args.precision, "backend": "onnxruntime",
         "text_tokens": text_tokens, "balance": balance(config, text_tokens),
+        "image": {"path": str(image), "size": [NEXT_IMAGE_SIDE, NEXT_IMAGE_SIDE], "views": views} if anyres else None,
         "balance_llava_1.5_7b": balance(llava_config(SPECS["llava-1.5-7b"]), text_tokens),
         "shapes": {"vision": {k: getattr(config.vision_config, k) for k in (
             "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads", "image_size", "patch_size")},
