@@ -90,7 +90,7 @@ class Pipeline:
         from .vision_backends import make_vision
 
         inputs = Inputs(engine)
-        vision = make_vision(engine, name, threads, inputs.tokenizer)
+        vision = make_vision(engine, name, threads)
         if trtllm_engine_dir is not None:
             from .trtllm import TrtLlmDecoder
 

@@ -160,9 +160,7 @@ class TrtVision:
         return out["visual_features"], out["kept_indices"].astype(np.int64)
 
 
-def make_vision(engine: EngineDir, backend: str, threads: int = 0, tokenizer=None) -> Any:
-    """`tokenizer` is ignored (kept for callers of earlier releases): the CLIP text tower's
-    tokenizer now ships in the engine directory."""
+def make_vision(engine: EngineDir, backend: str, threads: int = 0) -> Any:
     if backend == "onnxruntime":
         return OrtVision(engine, threads)
     if backend == "torch":
