@@ -1,5 +1,5 @@
-"""Errors a user can fix. The command lines print them as one line and exit with code 2."""
+"""Errors a user can fix: the project's one hierarchy lives in `runtime.errors` (the part that is
+installed on the device); the exporter uses the same classes."""
+from runtime.errors import EdgePruneError, MissingDependency, UserError
 
-
-class UserError(Exception):
-    """Bad input or a missing optional dependency: the message is the whole story."""
+__all__ = ["EdgePruneError", "MissingDependency", "UserError"]
