@@ -3,17 +3,30 @@ from __future__ import annotations
 
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from .engine_dir import check_output_target, staged_output, write_config
-from .errors import UserError
+from runtime.contract import (
+    AnyresSection,
+    DecoderSection,
+    EngineConfig,
+    EngineSection,
+    Files,
+    ModelSection,
+    PluginSection,
+    PreprocessSection,
+    PruningSection,
+    TensorSpec,
+    Tensors,
+    TextSection,
+    VisionSection,
+    parse,
+    write_config,
+)
+from runtime.errors import UserError
 
-VISION_ONNX = "vision.onnx"
-VISION_PLUGIN_ONNX = "vision_plugin.onnx"
-VISION_ENGINE = "vision.engine"
-TIMING_CACHE = "timing.cache"
+from .engine_dir import check_output_target, staged_output
 
 
 @dataclass
@@ -86,7 +99,8 @@ def _plugin_selector(options: BuildOptions, backend, cfg):
         return None, None, "standard ONNX ops"
     try:
         import plugins
-        from plugins.onnx_node import plugin_selector
+
+        from .plugin_node import plugin_selector
     except ImportError as exc:
         if wanted == "plugin":
             raise UserError(f"--selector plugin: the plugin package is unavailable ({exc})") from None
@@ -163,30 +177,30 @@ def _export_vision(plan, parts, cfg, path: Path, *, selector=None, **kwargs):
         return onnx_export.export_vision_onnx(parts, cfg, path, selector=selector, **kwargs)
     factory = None
     if selector is not None:
-        from plugins.onnx_node import plugin_selector as factory
+        from .plugin_node import plugin_selector as factory
     return onnx_export.export_anyres_vision_onnx(parts, plan, path, selector_factory=factory, **kwargs)
 
 
-def _add_anyres(vision_section: dict, plan, loaded, work: Path) -> None:
-    """`vision.anyres` for the runtime. `none` keeps the stock unpad + newline merge, so its
-    learned row separator is written next to the engines (image_newline.npy, float32)."""
-    from .anyres_plan import IMAGE_NEWLINE_FILE
-
+def _anyres_fields(plan, loaded, work: Path, plugin: PluginSection | None) -> dict[str, Any]:
+    """`vision.anyres` (and what it changes in `pruning` and `plugin`) for the runtime. `none`
+    keeps the stock unpad + newline merge, so its learned row separator is written next to the
+    engines (image_newline.npy, float32)."""
     newline = None
     if not plan.pruned and loaded.image_newline is not None:
         import numpy as np
 
-        np.save(work / IMAGE_NEWLINE_FILE, loaded.image_newline.detach().float().cpu().numpy())
-        newline = IMAGE_NEWLINE_FILE
-    vision_section["anyres"] = plan.section(newline)
+        np.save(work / Files.IMAGE_NEWLINE, loaded.image_newline.detach().float().cpu().numpy())
+        newline = Files.IMAGE_NEWLINE
+    fields: dict[str, Any] = {"anyres": parse(AnyresSection, plan.section(newline), "vision.anyres")}
     if plan.pruned:  # the largest branch's constants, with K per image as the user gave it
-        vision_section["pruning"] = {**plan.config.describe(), "keep": plan.keep}
-    if "plugin" in vision_section:
-        from plugins.onnx_node import plugin_fields
+        fields["pruning"] = parse(PruningSection, {**plan.config.describe(), "keep": plan.keep}, "vision.pruning")
+    if plugin is not None:
+        from .plugin_node import plugin_fields
 
-        vision_section["plugin"]["branches"] = [
-            {"views": list(b.views), "keep": b.keep, "fields": plugin_fields(b.cfg)} for b in plan.branches
-        ]
+        branches = [{"views": list(b.views), "keep": b.keep, "fields": plugin_fields(b.cfg)} for b in plan.branches]
+        fields["plugin"] = parse(PluginSection, {"library": plugin.library, "fields": plugin.fields,
+                                                 "branches": branches}, "vision.plugin")
+    return fields
 
 
 def _visual_tokens(plan, cfg) -> int:
@@ -216,7 +230,7 @@ def _clip_projection(options: BuildOptions, loaded, cfg):
         raise UserError(str(exc)) from None
 
 
-def _text_tower(options: BuildOptions, loaded, cfg, work: Path):
+def _text_tower(options: BuildOptions, loaded, cfg, work: Path) -> dict | None:
     """text.onnx + text_tokenizer/ for prompt-aware methods: the `text` section, else None."""
     if not cfg.uses_prompt:
         return None
@@ -232,106 +246,140 @@ def _text_tower(options: BuildOptions, loaded, cfg, work: Path):
 
 
 def build(options: BuildOptions) -> Path:
+    """Checkpoint -> engine directory, as a sequence of named steps inside an atomic staging
+    folder: vision graph(s), processor, text tower, decoder, engines, config.json."""
     started = time.time()
     if options.max_batch < 1:
         raise UserError(f"--max-batch must be at least 1, got {options.max_batch}")
     check_output_target(options.out)
     backend, engine_reason = _resolve_backend(options.backend)
     loaded = _load(options)
+    processor = _processor(loaded)
     plan = _anyres_plan(options, loaded)
     cfg = plan.config if plan is not None else _prune_config(options, loaded)
     projection = _clip_projection(options, loaded, cfg)
-    parts = loaded.vision
     selector, plugin_lib, selector_reason = _plugin_selector(options, backend, cfg)
 
     with staged_output(options.out) as work:
-        tokens = f"K={cfg.output_count}"
-        if plan is not None and plan.pruned:
-            tokens = f"K={plan.keep} per image: " + "/".join(str(b.output) for b in plan.branches) + " per view"
-        _say(f"exporting the {cfg.method} vision graph ({tokens}, {options.precision})")
-        vision = _export_vision(
-            plan, parts, cfg, work / VISION_ONNX, precision=options.precision,
-            debug_scores=options.debug_scores, clip_projection=projection,
-        )
-        engine_onnx = work / VISION_ONNX
-        vision_section: dict[str, Any] = {
-            "onnx": VISION_ONNX,
-            "onnx_files": vision.pop("files"),
-            "engine": None,
-            "selector": "plugin" if selector else "onnx",
-            "selector_reason": selector_reason,
-            "pruning": cfg.describe(),
-            "inputs": vision["inputs"],
-            "outputs": vision["outputs"],
-            "preprocess": _preprocess(loaded),
-        }
-        if selector is not None:
-            from plugins.onnx_node import plugin_fields
-
-            _export_vision(
-                plan, parts, cfg, work / VISION_PLUGIN_ONNX, precision=options.precision, selector=selector,
-                debug_scores=options.debug_scores, clip_projection=projection,
-            )
-            engine_onnx = work / VISION_PLUGIN_ONNX
-            vision_section["plugin_onnx"] = VISION_PLUGIN_ONNX
-            vision_section["plugin"] = {"library": str(plugin_lib), "fields": plugin_fields(cfg)}
-        if plan is not None:
-            _add_anyres(vision_section, plan, loaded, work)
-        if loaded.processor is not None:
-            loaded.processor.save_pretrained(work / "processor")
-        text_section = _text_tower(options, loaded, cfg, work)
-
-        decoder_section = None
+        vision = _vision_graphs(options, loaded, plan, cfg, projection, selector, plugin_lib, selector_reason, work)
+        _save_processor(processor, work)
+        text = _text_tower(options, loaded, cfg, work)
         decoder_module = _decoder_module() if options.decoder else None
+        decoder = None
         if decoder_module is not None:
-            decoder_section = decoder_module.export_decoder(
+            decoder = decoder_module.export_decoder(
                 loaded, work, precision=options.precision, max_batch=options.max_batch,
                 max_input_len=_max_input_len(options, plan, cfg), max_output_len=options.max_output_len,
                 visual_tokens=_visual_tokens(plan, cfg),
             )
-
-        engine_section = {"backend": None, "version": None, "built": False, "reason": engine_reason}
+        engine = EngineSection(None, None, False, engine_reason)
         if backend is not None:
-            engine_section = _build_engines(
-                backend, work, engine_onnx, vision_section, options, parts, cfg, plugin_lib
-            )
-            if text_section is not None:
+            engine_onnx = work / (vision.plugin_onnx or vision.onnx)
+            vision, engine = _build_engines(backend, work, engine_onnx, vision, options, loaded.vision, plugin_lib)
+            if text is not None:
                 from .text_tower_export import build_text_engine
 
-                text_section = build_text_engine(backend, work, text_section, options.max_batch)
-            if decoder_section is not None:
-                decoder_section = decoder_module.build_decoder_engine(
-                    backend, work, decoder_section, timing_cache=work / TIMING_CACHE
-                )
-
-        write_config(work, {
-            "command": options.command,
-            "model": loaded.describe(),
-            "precision": options.precision,
-            "max_batch": options.max_batch,
-            "vision": vision_section,
-            "text": text_section,
-            "decoder": decoder_section,
-            "engine": engine_section,
-            "versions": versions(backend),
-            "build_seconds": round(time.time() - started, 1),
-        })
-    if not engine_section["built"]:
+                text = build_text_engine(backend, work, text, options.max_batch)
+            if decoder is not None:
+                decoder = decoder_module.build_decoder_engine(backend, work, decoder,
+                                                              timing_cache=work / Files.TIMING_CACHE)
+        write_config(work, EngineConfig(
+            format="", format_version=0, artifacts={},  # stamped by write_config
+            command=options.command,
+            model=parse(ModelSection, loaded.describe(), "model"),
+            precision=options.precision,
+            max_batch=options.max_batch,
+            vision=vision,
+            text=parse(TextSection, text, "text") if text is not None else None,
+            decoder=parse(DecoderSection, decoder, "decoder") if decoder is not None else None,
+            engine=engine,
+            versions=versions(backend),
+            build_seconds=round(time.time() - started, 1),
+        ))
+    if not engine.built:
         _say(f"no engine was built: {engine_reason}")
     _say(f"wrote {options.out}")
     return Path(options.out)
 
 
-def _preprocess(loaded) -> dict[str, Any]:
+def _vision_graphs(options: BuildOptions, loaded, plan, cfg, projection, selector, plugin_lib, selector_reason,
+                   work: Path) -> VisionSection:
+    """vision.onnx (standard ops, for ONNX Runtime) and, with the plugin selector, the
+    vision_plugin.onnx TensorRT builds from; returns the `vision` section."""
+    tokens = f"K={cfg.output_count}"
+    if plan is not None and plan.pruned:
+        tokens = f"K={plan.keep} per image: " + "/".join(str(b.output) for b in plan.branches) + " per view"
+    _say(f"exporting the {cfg.method} vision graph ({tokens}, {options.precision})")
+    common = dict(precision=options.precision, debug_scores=options.debug_scores, clip_projection=projection)
+    graph = _export_vision(plan, loaded.vision, cfg, work / Files.VISION_ONNX, **common)
+    plugin = None
+    if selector is not None:
+        from .plugin_node import plugin_fields
+
+        _export_vision(plan, loaded.vision, cfg, work / Files.VISION_PLUGIN_ONNX, selector=selector, **common)
+        plugin = PluginSection(str(plugin_lib), plugin_fields(cfg))
+    fields: dict[str, Any] = {}
+    if plan is not None:
+        fields = _anyres_fields(plan, loaded, work, plugin)
+    return VisionSection(
+        onnx=Files.VISION_ONNX,
+        onnx_files=graph["files"],
+        engine=None,
+        selector="plugin" if selector else "onnx",
+        selector_reason=selector_reason,
+        pruning=fields.get("pruning") or parse(PruningSection, cfg.describe(), "vision.pruning"),
+        inputs=[parse(TensorSpec, t, "vision.inputs") for t in graph["inputs"]],
+        outputs=[parse(TensorSpec, t, "vision.outputs") for t in graph["outputs"]],
+        preprocess=_preprocess(loaded),
+        anyres=fields.get("anyres"),
+        plugin_onnx=Files.VISION_PLUGIN_ONNX if selector is not None else None,
+        plugin=fields.get("plugin", plugin),
+    )
+
+
+def _processor(loaded):
+    """The processor the engine directory will hold: the checkpoint's own, or, for random-weight
+    models (which have none), the built-in tiny model's (CLIP preprocessing, a local tokenizer,
+    the LLaVA chat format). A checkpoint whose processor cannot be loaded fails here, at build
+    time, rather than on the device."""
+    if loaded.processor is not None:
+        return loaded.processor
+    if loaded.source != "random-weights":
+        raise UserError(loaded.processor_error or f"the checkpoint {loaded.name} has no processor "
+                        "(preprocessor, tokenizer and chat template); add one to the checkpoint directory")
+    from transformers import AutoProcessor
+
+    from models import TINY_NAME, TINY_NEXT_NAME, ensure_tiny_checkpoint
+
+    return AutoProcessor.from_pretrained(ensure_tiny_checkpoint(TINY_NEXT_NAME if loaded.anyres else TINY_NAME),
+                                         local_files_only=True)
+
+
+def _save_processor(processor, work: Path) -> None:
+    """Write processor/ and check that the runtime's own preprocessing and prompt code can read
+    it (it must equal the HF processor on the device, without transformers)."""
+    from runtime.images import image_processor_from_dir
+    from runtime.prompts import PromptEncoder
+
+    folder = work / Files.PROCESSOR
+    processor.save_pretrained(folder)
+    try:
+        image_processor_from_dir(folder)
+        PromptEncoder.from_dir(folder)
+    except UserError as exc:
+        raise UserError(f"the checkpoint's processor cannot be used by the edgeprune runtime: {exc}") from None
+
+
+def _preprocess(loaded) -> PreprocessSection:
     from models.specs import CLIP_MEAN, CLIP_STD
 
     proc = getattr(loaded.processor, "image_processor", None)
-    return {
-        "image_size": loaded.vision.image_size,
-        "mean": list(getattr(proc, "image_mean", None) or CLIP_MEAN),
-        "std": list(getattr(proc, "image_std", None) or CLIP_STD),
-        "processor": "processor" if loaded.processor is not None else None,
-    }
+    return PreprocessSection(
+        image_size=loaded.vision.image_size,
+        mean=[float(x) for x in (getattr(proc, "image_mean", None) or CLIP_MEAN)],
+        std=[float(x) for x in (getattr(proc, "image_std", None) or CLIP_STD)],
+        processor=Files.PROCESSOR,
+    )
 
 
 def _decoder_module():
@@ -342,25 +390,25 @@ def _decoder_module():
     return decoder_export
 
 
-def _build_engines(backend, work: Path, onnx_path: Path, vision_section, options, parts, cfg, plugin_lib):
+def _build_engines(backend, work: Path, onnx_path: Path, vision: VisionSection, options, parts,
+                   plugin_lib) -> tuple[VisionSection, EngineSection]:
     from .trt_compat import build_engine
 
     size = parts.image_size
-    views = (vision_section.get("anyres") or {}).get("max_views", 1)  # anyres: a row per view
+    views = vision.anyres.max_views if vision.anyres is not None else 1  # anyres: a row per view
     top, opt = options.max_batch * views, views
-    shapes = {"pixel_values": ((1, 3, size, size), (opt, 3, size, size), (top, 3, size, size))}
-    inputs = {t["name"]: t for t in vision_section["inputs"]}
-    if "view_budget" in inputs:
-        shapes["view_budget"] = ((1,), (opt,), (top,))
-    if "text_embeds" in inputs:
-        dim = inputs["text_embeds"]["shape"][1]
-        shapes["text_embeds"] = ((1, dim), (opt, dim), (top, dim))
+    T = Tensors
+    shapes = {T.PIXEL_VALUES: ((1, 3, size, size), (opt, 3, size, size), (top, 3, size, size))}
+    inputs = {t.name: t for t in vision.inputs}
+    if T.VIEW_BUDGET in inputs:
+        shapes[T.VIEW_BUDGET] = ((1,), (opt,), (top,))
+    if T.TEXT_EMBEDS in inputs:
+        dim = inputs[T.TEXT_EMBEDS].shape[1]
+        shapes[T.TEXT_EMBEDS] = ((1, dim), (opt, dim), (top, dim))
     _say(f"building the vision engine with {backend.name} {backend.version}")
     info = build_engine(
-        backend, onnx_path, work / VISION_ENGINE, profiles=[shapes], timing_cache=work / TIMING_CACHE,
+        backend, onnx_path, work / Files.VISION_ENGINE, profiles=[shapes], timing_cache=work / Files.TIMING_CACHE,
         plugin_libraries=[plugin_lib] if plugin_lib else (), label="vision engine",
     )
-    vision_section["engine"] = VISION_ENGINE
-    vision_section["engine_io"] = info["io"]
-    vision_section["engine_profiles"] = info["profiles"]
-    return {"backend": backend.name, "version": backend.version, "built": True, "reason": None}
+    vision = replace(vision, engine=Files.VISION_ENGINE, engine_io=info["io"], engine_profiles=info["profiles"])
+    return vision, EngineSection(backend.name, backend.version, True, None)

@@ -7,16 +7,15 @@ import shlex
 import sys
 from pathlib import Path
 
-from .errors import UserError
-from .pruning import METHODS
+from runtime.errors import EXIT_USER_ERROR, EdgePruneError, UserError, report
 
-EXIT_USAGE = 2
+from .pruning import METHODS
 
 
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str):  # one line, not usage + line
         print(f"error: {message}", file=sys.stderr)
-        raise SystemExit(EXIT_USAGE)
+        raise SystemExit(EXIT_USER_ERROR)
 
 
 def _param(text: str) -> tuple[str, object]:
@@ -82,33 +81,35 @@ def _build(args) -> int:
 
 
 def _inspect(args) -> int:
-    from .engine_dir import read_config
+    from runtime.contract import read_config
 
     config = read_config(args.dir)
-    vision = config["vision"]
-    pruning = vision["pruning"]
-    print(f"model      {config['model']['name']} ({config['model']['source']})")
-    print(f"method     {pruning['method']}  K={pruning['output_tokens']}  params={pruning['params']}")
-    print(f"precision  {config['precision']}  max batch {config['max_batch']}  selector {vision['selector']}")
-    anyres = vision.get("anyres")
-    if anyres:
-        rows, cols = anyres["patch_grid"]
-        budgets = ", ".join(f"{'/'.join(map(str, b['views']))} views: {b['output']}" for b in anyres["view_budgets"])
-        print(f"anyres     K={anyres['keep_per_image']} per image  {budgets or f'all {rows * cols} per view'}  "
-              f"merge {anyres['merge']}  up to {anyres['max_tokens_per_image']} tokens per image")
-    engine = config["engine"]
-    print(f"engine     {engine['backend']} {engine['version']}" if engine["built"] else f"engine     none ({engine['reason']})")
-    for kind in ("inputs", "outputs"):
-        for t in vision[kind]:
-            print(f"{kind[:-1]:<10} {t['name']:<16} {t['shape']} {t['dtype']}")
-    text = config.get("text")
-    if text:
-        print(f"text       {text['onnx']}{' + ' + text['engine'] if text.get('engine') else ''}  "
-              f"input_ids [-1, {text['context_length']}] int64 -> text_embeds [-1, {text['embed_dim']}] "
-              f"float32  (up to {text['max_chunks']} chunks, averaged)")
-    print(f"decoder    {'yes' if config.get('decoder') else 'no'}")
-    for name, digest in config["artifacts"].items():
-        print(f"artifact   {name}  sha256:{digest[:16]}")
+    vision, pruning = config.vision, config.vision.pruning
+    print(f"model      {config.model.name} ({config.model.source})")
+    print(f"method     {pruning.method}  K={pruning.output_tokens}  params={pruning.params}")
+    print(f"precision  {config.precision}  max batch {config.max_batch}  selector {vision.selector}"
+          f" ({vision.selector_reason})")
+    anyres = vision.anyres
+    if anyres is not None:
+        rows, cols = anyres.patch_grid
+        budgets = ", ".join(f"{'/'.join(map(str, b.views))} views: {b.output}" for b in anyres.view_budgets)
+        print(f"anyres     K={anyres.keep_per_image} per image  {budgets or f'all {rows * cols} per view'}  "
+              f"merge {anyres.merge}  up to {anyres.max_tokens_per_image} tokens per image")
+    engine = config.engine
+    print(f"engine     {engine.backend} {engine.version}" if engine.built else f"engine     none ({engine.reason})")
+    for kind, specs in (("input", vision.inputs), ("output", vision.outputs)):
+        for t in specs:
+            print(f"{kind:<10} {t.name:<16} {t.shape} {t.dtype}")
+    text = config.text
+    if text is not None:
+        (ids,), (embeds,) = text.inputs, text.outputs
+        print(f"text       {text.onnx}{' + ' + text.engine if text.engine else ''}  "
+              f"{ids.name} {ids.shape} {ids.dtype} -> {embeds.name} {embeds.shape} {embeds.dtype}  "
+              f"(up to {text.max_chunks} chunks, averaged)")
+    decoder = config.decoder
+    print(f"decoder    {f'{decoder.num_layers} layers, {decoder.dtype}, K={decoder.visual_tokens}' if decoder else 'no'}")
+    for name, artifact in config.artifacts.items():
+        print(f"artifact   {name}  {artifact.bytes} bytes  sha256:{artifact.sha256[:16]}")
     return 0
 
 
@@ -116,9 +117,5 @@ def main(argv: list[str] | None = None) -> int:
     args = make_parser().parse_args(argv)
     try:
         return _build(args) if args.command == "build" else _inspect(args)
-    except UserError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return EXIT_USAGE
-    except KeyboardInterrupt:
-        print("error: interrupted; no engine directory was written", file=sys.stderr)
-        return 130
+    except (EdgePruneError, KeyboardInterrupt) as exc:
+        return report(exc, interrupted="interrupted; no engine directory was written")

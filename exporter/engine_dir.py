@@ -1,4 +1,4 @@
-"""The engine directory: its config.json format and its atomic creation.
+"""Creating an engine directory atomically (its format is runtime.contract's).
 
 A build fills a hidden staging directory beside the target and renames it into place only
 when everything succeeded, so a failed or interrupted build never leaves a half-written
@@ -6,49 +6,18 @@ engine directory, and an existing good one is replaced only by a complete new on
 """
 from __future__ import annotations
 
-import hashlib
-import json
 import os
 import shutil
 import signal
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Iterator
 
-from .errors import UserError
+from runtime.contract import is_engine_dir
+from runtime.errors import UserError
 
-FORMAT = "edgeprune-engine-dir"
-FORMAT_VERSION = 1
-CONFIG_NAME = "config.json"
 STAGING_PREFIX = ".edgeprune-staging-"
-
-
-def is_engine_dir(path: Path) -> bool:
-    try:
-        return json.loads((Path(path) / CONFIG_NAME).read_text()).get("format") == FORMAT
-    except (OSError, ValueError, AttributeError):
-        return False
-
-
-def read_config(path: Path) -> dict[str, Any]:
-    path = Path(path)
-    if not path.is_dir():
-        raise UserError(f"engine directory {path} does not exist")
-    cfg_file = path / CONFIG_NAME
-    try:
-        config = json.loads(cfg_file.read_text())
-    except FileNotFoundError:
-        raise UserError(f"{path} is not an edgeprune engine directory (no {CONFIG_NAME})") from None
-    except (OSError, ValueError) as exc:
-        raise UserError(f"cannot read {cfg_file}: {exc}") from None
-    if not isinstance(config, dict) or config.get("format") != FORMAT:
-        raise UserError(f"{path} is not an edgeprune engine directory ({CONFIG_NAME} is foreign)")
-    if config.get("format_version", 0) > FORMAT_VERSION:
-        raise UserError(
-            f"{path} was written by a newer edgeprune (format {config['format_version']}); upgrade edgeprune"
-        )
-    return config
 
 
 def check_output_target(out: Path) -> None:
@@ -60,29 +29,6 @@ def check_output_target(out: Path) -> None:
         raise UserError(f"--out {out} exists and is not a directory")
     if any(out.iterdir()) and not is_engine_dir(out):
         raise UserError(f"--out {out} exists and is not an edgeprune engine directory; choose another path")
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def artifact_hashes(root: Path) -> dict[str, str]:
-    root = Path(root)
-    return {
-        str(p.relative_to(root)): sha256_file(p)
-        for p in sorted(root.rglob("*"))
-        if p.is_file() and p.name != CONFIG_NAME
-    }
-
-
-def write_config(root: Path, config: dict[str, Any]) -> None:
-    config = {"format": FORMAT, "format_version": FORMAT_VERSION, **config}
-    config["artifacts"] = artifact_hashes(root)
-    (Path(root) / CONFIG_NAME).write_text(json.dumps(config, indent=2, sort_keys=False) + "\n")
 
 
 def _remove_stale_staging(parent: Path) -> None:

@@ -178,7 +178,7 @@ def export_anyres_vision_onnx(
     clip_projection: torch.nn.Module | None = None,
 ) -> dict[str, Any]:
     """Export the branched graph of a pruned anyres plan (`selector_factory`: one selector per
-    branch config, e.g. `plugins.onnx_node.plugin_selector`; default the standard ops)."""
+    branch config, e.g. `exporter.plugin_node.plugin_selector`; default the standard ops)."""
     module = build_anyres_module(parts, plan, precision=precision, selector_factory=selector_factory,
                                  debug_scores=debug_scores, clip_projection=clip_projection)
     size = parts.image_size

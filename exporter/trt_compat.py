@@ -7,21 +7,15 @@ from an fp16 ONNX graph (with its float32 islands) on either library, with the s
 """
 from __future__ import annotations
 
-import importlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
 from typing import Any, Sequence
 
-from .errors import UserError
+from runtime.errors import MissingDependency, UserError
+from runtime.optional import TENSORRT_FLAVOURS, hint, load_tensorrt
 
-BACKENDS = ("tensorrt", "tensorrt-rtx")
-MIN_TENSORRT = (10, 3)
-INSTALL_HINT = {
-    "tensorrt": "install TensorRT >= 10.3 (JetPack 6.1+ on Orin, or `pip install tensorrt` on a desktop GPU host)",
-    "tensorrt-rtx": "install TensorRT for RTX: `pip install 'edgeprune[rtx]'` "
-    "(tensorrt-rtx-cu13-bindings and tensorrt-rtx-cu13-libs)",
-}
+BACKENDS = TENSORRT_FLAVOURS
 
 
 @dataclass
@@ -36,20 +30,6 @@ class TrtBackend:
         return int(self.version.split(".")[0])
 
 
-def _import(name: str) -> TrtBackend:
-    if name == "tensorrt":
-        module = importlib.import_module("tensorrt")
-        version = getattr(module, "__version__", "0")
-        parts = tuple(int(p) for p in version.split(".")[:2] if p.isdigit())
-        if parts < MIN_TENSORRT:
-            raise UserError(f"TensorRT {version} is too old: edgeprune needs >= 10.3; {INSTALL_HINT[name]}")
-    else:
-        importlib.import_module("tensorrt_rtx_libs")  # puts the shared libraries on the path
-        module = importlib.import_module("tensorrt_rtx_bindings")
-        version = getattr(module, "__version__", "0")
-    return TrtBackend(name, version, module, module.Logger(module.Logger.WARNING))
-
-
 def load_backend(name: str = "auto") -> TrtBackend:
     """`auto` prefers standard TensorRT and falls back to TensorRT-RTX."""
     if name not in ("auto", *BACKENDS):
@@ -58,15 +38,15 @@ def load_backend(name: str = "auto") -> TrtBackend:
     reasons = []
     for candidate in candidates:
         try:
-            return _import(candidate)
-        except ImportError as exc:
-            reasons.append(f"{candidate}: {exc}")
-    if name == "auto":
-        raise UserError(
-            "no TensorRT library is installed (" + "; ".join(reasons) + "); "
-            + INSTALL_HINT["tensorrt"] + ", or " + INSTALL_HINT["tensorrt-rtx"]
-        )
-    raise UserError(f"--backend {name} needs {name}, which is not importable: {INSTALL_HINT[name]}")
+            lib = load_tensorrt(candidate, f"--backend {candidate}")
+        except MissingDependency as exc:
+            if name != "auto":
+                raise
+            reasons.append(f"{candidate}: {exc.module} is not importable")
+            continue
+        return TrtBackend(lib.flavour, lib.version, lib.module, lib.module.Logger(lib.module.Logger.WARNING))
+    raise UserError("no TensorRT library is installed (" + "; ".join(reasons) + "); "
+                    + hint("tensorrt") + ", or " + hint("tensorrt_rtx_bindings"))
 
 
 def available_backend() -> TrtBackend | None:

@@ -36,6 +36,7 @@ class LoadedModel:
     model: torch.nn.Module | None = None  # the full Llava(Next)ForConditionalGeneration when loaded
     processor: Any | None = None
     image_newline: torch.Tensor | None = None  # LLaVA-NeXT's learned row separator (stock path)
+    processor_error: str | None = None  # why the checkpoint's processor could not be loaded
 
     @property
     def architecture(self) -> str:
@@ -115,13 +116,16 @@ def _read_checkpoint(path: Path, name: str, source: str) -> LoadedModel:
     except Exception as exc:  # corrupt or partial weights: one line, no traceback upstream
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise CheckpointError(f"cannot load checkpoint {path}: {first}") from None
+    processor, processor_error = None, None
     try:
         processor = AutoProcessor.from_pretrained(path, local_files_only=True)
-    except Exception:
-        processor = None  # vision export does not need it; the runtime reports its absence
+    except Exception as exc:  # the build refuses the checkpoint with this reason
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        processor_error = f"cannot load the processor of {path}: {first}"
     newline = getattr(getattr(model, "model", model), "image_newline", None)
     newline = newline.detach() if newline is not None else None
-    return LoadedModel(name, source, path, model.config, vision_parts(model), model, processor, newline)
+    return LoadedModel(name, source, path, model.config, vision_parts(model), model, processor, newline,
+                       processor_error=processor_error)
 
 
 def _random_vision(name: str, seed: int) -> LoadedModel:

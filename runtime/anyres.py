@@ -17,19 +17,40 @@ that puts the views back together, for the two merges an engine directory can de
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Sequence
 
 import numpy as np
 
-from exporter.errors import UserError
-from models.anyres import Layout, layout_for
+from .contract import AnyresSection
+from .contract.sections import MERGES
+from .errors import EngineDirError, UserError
 
-MERGES = ("spatial", "spatial_unpad")
+
+@dataclass(frozen=True)
+class Layout:
+    """How an image is cut: the pinpoint (height, width) in pixels, n_h x n_w crops."""
+
+    pinpoint: tuple[int, int]
+    rows: int  # n_h crops
+    cols: int  # n_w crops
+
+    @property
+    def views(self) -> int:
+        return 1 + self.rows * self.cols
+
+
+def layout_for(points: Sequence[Sequence[int]], view_size: int, image_size: Sequence[int]) -> Layout:
+    """The layout the processor uses for an image of (height, width) pixels, from the listed
+    pinpoints (the one place that maps an image size to its layout; the exporter asks here too)."""
+    from .images import best_resolution
+
+    h, w = best_resolution((int(image_size[0]), int(image_size[1])), [(int(a), int(b)) for a, b in points])
+    return Layout((int(h), int(w)), int(h) // view_size, int(w) // view_size)
 
 
 @dataclass(frozen=True)
 class AnyresSpec:
-    """`vision.anyres` of config.json, checked once."""
+    """`vision.anyres` of config.json in the form the runtime computes with."""
 
     pinpoints: tuple[tuple[int, int], ...]
     view_size: int
@@ -40,22 +61,14 @@ class AnyresSpec:
     newline_file: str | None
 
     @classmethod
-    def from_config(cls, section: dict[str, Any]) -> "AnyresSpec":
-        try:
-            budgets = {int(v): (int(b["keep"]), int(b["output"])) for b in section.get("view_budgets") or []
-                       for v in b["views"]}
-            spec = cls(tuple((int(h), int(w)) for h, w in section["image_grid_pinpoints"]),
-                       int(section["view_size"]), tuple(int(g) for g in section["patch_grid"]),
-                       section["merge"], budgets, int(section["max_tokens_per_image"]),
-                       section.get("image_newline"))
-        except (KeyError, TypeError, ValueError) as exc:
-            raise UserError(f"config.json vision.anyres is malformed ({type(exc).__name__}: {exc}): "
-                            "rebuild the engine directory") from None
-        if spec.merge not in MERGES:
-            raise UserError(f"config.json vision.anyres.merge is {spec.merge!r}; this runtime knows {', '.join(MERGES)}")
-        if spec.merge == "spatial" and not spec.budgets:
-            raise UserError("config.json vision.anyres has no view_budgets for a pruned engine: rebuild it")
-        return spec
+    def from_section(cls, section: AnyresSection) -> "AnyresSpec":
+        budgets = {int(v): (b.keep, b.output) for b in section.view_budgets for v in b.views}
+        if section.merge not in MERGES:
+            raise EngineDirError(f"config.json vision.anyres.merge is {section.merge!r}; this runtime knows "
+                                 f"{', '.join(MERGES)}")
+        return cls(tuple((int(h), int(w)) for h, w in section.image_grid_pinpoints), section.view_size,
+                   (int(section.patch_grid[0]), int(section.patch_grid[1])), section.merge, budgets,
+                   section.max_tokens_per_image, section.image_newline)
 
     @property
     def patches(self) -> int:

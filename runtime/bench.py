@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from exporter.errors import UserError
+from .errors import UserError
 
 
 def _stats(values: list[float]) -> dict[str, float]:
@@ -41,24 +41,23 @@ def bench_one(engine_dir: str, backend: str, runs: int, warmup: int, new_tokens:
 
     pipe = Pipeline.from_dir(engine_dir, backend, threads=threads)
     img = image if image else _default_image()
-    new_tokens = min(new_tokens, int(pipe.engine.decoder["max_output_len"]))
+    new_tokens = min(new_tokens, pipe.engine.decoder.max_output_len)
     ttft, vision, prefill, tps = [], [], [], []
     for i in tqdm(range(warmup + runs), desc=Path(engine_dir).name, unit="run", leave=False):
         gen = pipe.generate(img, prompt, max_new_tokens=new_tokens, ignore_eos=True)
         if i < warmup:
             continue
         t = gen.timings
-        ttft.append(t["ttft_s"])
-        vision.append(t["vision_s"])
-        prefill.append(t["prefill_s"])
-        if t["decode_s"]:
-            tps.append(len(t["decode_s"]) / sum(t["decode_s"]))
+        ttft.append(t.ttft_s)
+        vision.append(t.vision_s)
+        prefill.append(t.prefill_s)
+        if t.decode_tokens_per_s is not None:
+            tps.append(t.decode_tokens_per_s)
     peak_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    pruning = pipe.engine.vision.get("pruning", {})
     visual = gen.visual_tokens  # the image's own count (LLaVA-NeXT: depends on its layout)
     return {
-        "engine_dir": str(engine_dir), "backend": pipe.backend, "method": pruning.get("method"),
-        "keep": visual, "prompt_tokens": len(pipe.inputs.prompt_ids(prompt, 0, pipe.engine.visual_tokens, visual)),
+        "engine_dir": str(engine_dir), "backend": pipe.backend, "method": pipe.engine.vision.pruning.method,
+        "keep": visual, "prompt_tokens": gen.prompt_tokens,
         "new_tokens": new_tokens, "ttft_s": _stats(ttft), "vision_s": _stats(vision), "prefill_s": _stats(prefill),
         "decode_tokens_per_s": _stats(tps) if tps else None, "peak_rss_mib": round(peak_kib / 1024, 1),
         "threads": threads or os.cpu_count(),

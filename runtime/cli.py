@@ -1,4 +1,5 @@
-"""`python -m runtime generate|bench`. User errors print one line and exit 2, never a traceback."""
+"""`python -m runtime generate|bench`. User errors print one line and exit 2, never a traceback;
+usage errors are one line too. stderr says which backend ran vision and decoder, and why."""
 from __future__ import annotations
 
 import argparse
@@ -6,14 +7,19 @@ import json
 import sys
 from pathlib import Path
 
-from exporter.errors import UserError
+from .backends import BACKENDS
+from .errors import EXIT_USER_ERROR, EdgePruneError, UserError, report
 
-from .pipeline import BACKENDS
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):  # one line, not usage + line
+        print(f"error: {message}", file=sys.stderr)
+        raise SystemExit(EXIT_USER_ERROR)
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m runtime", description="run an edgeprune engine directory")
-    sub = p.add_subparsers(dest="cmd", required=True)
+    p = _Parser(prog="python -m runtime", description="run an edgeprune engine directory")
+    sub = p.add_subparsers(dest="cmd", required=True, parser_class=_Parser)
     g = sub.add_parser("generate", help="answer a prompt about an image, streaming text to stdout")
     g.add_argument("--engine-dir", required=True, type=Path)
     g.add_argument("--image", required=True, action="append", help="repeat for a batch")
@@ -47,23 +53,25 @@ def _generate(args) -> int:
         raise UserError(f"give one --prompt or one per --image ({len(args.image)} images, {len(args.prompt)} prompts)")
     pipe = Pipeline.from_dir(args.engine_dir, args.backend, threads=args.threads,
                              trtllm_engine_dir=args.trtllm_engine_dir)
+    print(f"backend: {pipe.backends.describe()}", file=sys.stderr, flush=True)
     single = len(args.image) == 1
     images = args.image[0] if single else args.image
     prompts = args.prompt[0] if len(args.prompt) == 1 else args.prompt
     kw = dict(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_p=args.top_p, seed=args.seed)
     if args.json:
         out = pipe.generate(images, prompts, **kw)
-        payload = out.as_dict() if single else [o.as_dict() for o in out]
-        if single:
-            payload["backend"] = pipe.backend
+        backends = {"backend": pipe.backend, "backends": {"vision": pipe.backends.vision,
+                                                          "decoder": pipe.backends.decoder,
+                                                          "reason": pipe.backends.reason}}
+        payload = {**out.as_dict(), **backends} if single else [o.as_dict() for o in out]
         print(json.dumps(payload))
         return 0
     if not single:
         for i, gen in enumerate(pipe.generate(images, prompts, **kw)):
             print(f"[{i}] {gen.text}")
         return 0
-    for chunk in pipe.generate(images, prompts, stream=True, **kw):
-        sys.stdout.write(chunk)
+    for chunk in pipe.stream(images, prompts, **kw):
+        sys.stdout.write(chunk.text)
         sys.stdout.flush()
     sys.stdout.write("\n")
     return 0
@@ -77,9 +85,8 @@ def main(argv=None) -> int:
         from .bench import run_cli
 
         return run_cli(args)
-    except UserError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
+    except (EdgePruneError, KeyboardInterrupt) as exc:
+        return report(exc)
+    except BrokenPipeError:  # stdout closed by the reader (`| head`): nothing more to say
+        sys.stderr.close()
+        return 0

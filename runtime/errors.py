@@ -44,12 +44,12 @@ def one_line(exc: BaseException) -> str:
     return type(exc).__name__
 
 
-def report(exc: BaseException, stream: TextIO | None = None) -> int:
-    """Print one `error:` line for an EdgePruneError (or `interrupted` for Ctrl-C) and return the
-    exit code. The one place a command line formats an error."""
+def report(exc: BaseException, stream: TextIO | None = None, interrupted: str = "interrupted") -> int:
+    """Print one `error:` line for an EdgePruneError (or `interrupted` for Ctrl-C / SIGTERM) and
+    return the exit code. The one place a command line formats an error."""
     stream = stream if stream is not None else sys.stderr
     if isinstance(exc, KeyboardInterrupt):
-        print("error: interrupted", file=stream)
+        print(f"error: {interrupted}", file=stream)
         return EXIT_INTERRUPTED
     print(f"error: {one_line(exc)}", file=stream)
     return EXIT_USER_ERROR

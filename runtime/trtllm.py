@@ -15,8 +15,9 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from exporter.errors import UserError
-
+from .backends.base import SequenceDecoder
+from .contract import DecoderSection
+from .errors import UserError
 from .optional import need
 
 
@@ -32,25 +33,25 @@ def _engine_limits(path: Path) -> dict[str, Any]:
             "max_prompt_embedding_table_size": build.get("max_prompt_embedding_table_size")}
 
 
-class TrtLlmDecoder:
+class TrtLlmDecoder(SequenceDecoder):
     name = "tensorrt-llm"
 
-    def __init__(self, engine_dir: str | Path, section: dict[str, Any], prefer_cpp: bool = True):
-        tllm = need("tensorrt_llm", "tensorrt-llm")
-        runtime = need("tensorrt_llm.runtime", "tensorrt-llm")
-        self.torch = need("torch", "tensorrt-llm")
+    def __init__(self, engine_dir: str | Path, section: DecoderSection, prefer_cpp: bool = True):
+        tllm = need("tensorrt_llm", "--trtllm-engine-dir")
+        runtime = need("tensorrt_llm.runtime", "--trtllm-engine-dir")
+        self.torch = need("torch", "--trtllm-engine-dir")
         path = Path(engine_dir)
         if not path.is_dir():
             raise UserError(f"TensorRT-LLM engine directory {path} does not exist")
         self.limits = _engine_limits(path)
         self.section = section
-        if self.limits["vocab_size"] not in (None, section["vocab_size"]):
+        if self.limits["vocab_size"] not in (None, section.vocab_size):
             raise UserError(f"the TensorRT-LLM engine has vocab {self.limits['vocab_size']}, the vision engine's "
-                            f"decoder contract uses {section['vocab_size']}: they come from different models")
+                            f"decoder contract uses {section.vocab_size}: they come from different models")
         table = self.limits["max_prompt_embedding_table_size"]
-        if table is not None and table < section["visual_tokens"]:
+        if table is not None and table < section.visual_tokens:
             raise UserError(f"the TensorRT-LLM engine was built with max_prompt_embedding_table_size {table} < "
-                            f"K={section['visual_tokens']}: rebuild it with --max_multimodal_len >= max_batch * K")
+                            f"K={section.visual_tokens}: rebuild it with --max_multimodal_len >= max_batch * K")
         use_cpp = prefer_cpp and getattr(runtime, "PYTHON_BINDINGS", False) and hasattr(runtime, "ModelRunnerCpp")
         cls = runtime.ModelRunnerCpp if use_cpp else runtime.ModelRunner
         rank = tllm.mpi_rank() if hasattr(tllm, "mpi_rank") else 0
@@ -66,7 +67,7 @@ class TrtLlmDecoder:
         if limit is not None and bsz * k > limit:
             raise UserError(f"batch {bsz} x K={k} exceeds the TensorRT-LLM engine's prompt table size {limit}")
         batch = [torch.tensor(list(p), dtype=torch.int32) for p in prompts]
-        dtype = torch.float16 if self.section.get("dtype") == "float16" else torch.float32
+        dtype = torch.float16 if self.section.dtype == "float16" else torch.float32
         prompt_table = torch.from_numpy(np.ascontiguousarray(table)).to(dtype).view(bsz, k, -1)
         sampling = {"top_k": 1} if temperature <= 0 else {"temperature": float(temperature), "top_p": float(top_p)}
         with torch.no_grad():

@@ -35,9 +35,11 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from runtime.contract import EngineConfig, Tensors, VisionSection, read_config, tensor  # noqa: E402
+
 TRT10_COMPARABLE_FLAGS = ["--useCudaGraph", "--noDataTransfers", "--useSpinWait"]
 # kept_indices must agree exactly; features get the fp16 engine's tolerance.
-TOLERANCES = {"kept_indices": (0.0, 0.0), "visual_features": (1e-2, 1e-2)}
+TOLERANCES = {Tensors.KEPT_INDICES: (0.0, 0.0), Tensors.VISUAL_FEATURES: (1e-2, 1e-2)}
 
 # ---- trtexec's performance summary -------------------------------------------------------
 _STAT = re.compile(r"(min|max|mean|median|percentile\((\d+(?:\.\d+)?)%\))\s*=\s*([-+\d.eE]+)\s*ms")
@@ -102,37 +104,35 @@ def _shape(dims: list[int], batch: int, name: str, overrides: dict[str, list[int
     return out
 
 
-def input_shapes(config: dict, batch: int, overrides: dict[str, list[int]] | None = None,
+def input_shapes(vision: VisionSection, batch: int, overrides: dict[str, list[int]] | None = None,
                  views: int = 1) -> dict[str, list[int]]:
     """Every input's shape; the dynamic leading axis is batch * views (views = 1 but anyres)."""
-    return {
-        i["name"]: _shape(i["shape"], batch * views, i["name"], overrides or {}) for i in config["vision"]["inputs"]
-    }
+    return {i.name: _shape(i.shape, batch * views, i.name, overrides or {}) for i in vision.inputs}
 
 
 # ---- LLaVA-NeXT (anyres) ------------------------------------------------------------------
-def views_per_image(config: dict, views: int | None = None) -> int:
+def views_per_image(vision: VisionSection, views: int | None = None) -> int:
     """Views fed per image: 1 for LLaVA-1.5; for anyres `views` if it is a layout's view count,
     else the first budget's view count (pruned) or the widest layout (none)."""
-    anyres = config["vision"].get("anyres")
-    if not anyres:
+    anyres = vision.anyres
+    if anyres is None:
         if views not in (None, 1):
             raise ValueError("--views applies to LLaVA-NeXT (anyres) engine directories only")
         return 1
-    counts = sorted({layout["views"] for layout in anyres["layouts"]})
+    counts = sorted({layout.views for layout in anyres.layouts})
     if views is None:
-        budgets = anyres["view_budgets"]
-        return budgets[0]["views"][0] if budgets else counts[-1]
+        budgets = anyres.view_budgets
+        return budgets[0].views[0] if budgets else counts[-1]
     if views not in counts:
         raise ValueError(f"--views {views}: this engine's layouts have {', '.join(map(str, counts))} views")
     return views
 
 
-def view_budget_value(config: dict, views: int) -> int | None:
+def view_budget_value(vision: VisionSection, views: int) -> int | None:
     """The K_view every view of a `views`-view image gets (None: the engine has no budgets)."""
-    for budget in (config["vision"].get("anyres") or {}).get("view_budgets", []):
-        if views in budget["views"]:
-            return int(budget["keep"])
+    for budget in vision.anyres.view_budgets if vision.anyres is not None else []:
+        if views in budget.views:
+            return budget.keep
     return None
 
 
@@ -146,11 +146,10 @@ def write_view_budget(work: Path, count: int, value: int) -> Path:
     return path
 
 
-def trtexec_command(engine_dir: Path, config: dict, shapes: dict[str, list[int]], trt_major: int,
+def trtexec_command(engine_dir: Path, vision: VisionSection, shapes: dict[str, list[int]], trt_major: int,
                     trtexec: str = "trtexec", load_inputs: dict[str, Path] | None = None) -> list[str]:
-    vision = config["vision"]
-    cmd = [trtexec, f"--loadEngine={engine_dir / vision['engine']}"]
-    library = (vision.get("plugin") or {}).get("library")
+    cmd = [trtexec, f"--loadEngine={engine_dir / vision.engine}"]
+    library = vision.plugin.library if vision.plugin is not None else None
     if library:
         cmd.append(f"--dynamicPlugins={library}")
     cmd.append("--shapes=" + ",".join(f"{n}:{'x'.join(map(str, s))}" for n, s in shapes.items()))
@@ -166,21 +165,20 @@ def _tolerance_args() -> list[str]:
             + ["--rtol"] + [f"{k}:{r}" for k, (_, r) in TOLERANCES.items()])
 
 
-def polygraphy_commands(engine_dir: Path, config: dict, shapes: dict[str, list[int]], work: Path,
+def polygraphy_commands(engine_dir: Path, vision: VisionSection, shapes: dict[str, list[int]], work: Path,
                         constants: dict[str, int] | None = None) -> list[list[str]]:
     """ORT on the standard-op graph saves its inputs and outputs; the engine then runs on the
     very same inputs and is compared with them. `constants`: integer inputs generated as one
     value (anyres view_budget)."""
-    vision = config["vision"]
     shape_args = ["--input-shapes"] + [f"{n}:{list(s)}".replace(" ", "") for n, s in shapes.items()]
     if constants:
         shape_args += ["--val-range"] + [f"{n}:[{v},{v}]" for n, v in constants.items()]
     inputs, ort_out = work / "inputs.json", work / "ort_outputs.json"
-    ort = ["polygraphy", "run", str(engine_dir / vision["onnx"]), "--onnxrt", *shape_args,
+    ort = ["polygraphy", "run", str(engine_dir / vision.onnx), "--onnxrt", *shape_args,
            "--save-inputs", str(inputs), "--save-outputs", str(ort_out)]
-    trt = ["polygraphy", "run", str(engine_dir / vision["engine"]), "--model-type", "engine", "--trt",
+    trt = ["polygraphy", "run", str(engine_dir / vision.engine), "--model-type", "engine", "--trt",
            "--load-inputs", str(inputs), "--load-outputs", str(ort_out), *_tolerance_args()]
-    library = (vision.get("plugin") or {}).get("library")
+    library = vision.plugin.library if vision.plugin is not None else None
     if library:
         trt += ["--plugins", library]
     return [ort, trt]
@@ -213,29 +211,29 @@ def save_reference(onnx_inputs: dict, reference_outputs: dict, work: Path) -> tu
     return inputs, outputs
 
 
-def _reference_module(loaded, config: dict):
+def _reference_module(loaded, vision: VisionSection):
     """The PyTorch graph the engine directory's vision.onnx was exported from (fp32)."""
     from exporter.onnx_export import build_anyres_module, build_graph_module
     from exporter.pruning import make_config
 
-    pruning = config["vision"]["pruning"]
-    params = pruning["params"]
+    pruning = vision.pruning
+    params = pruning.params
     projection = None
-    if pruning["method"] == "hiprune++" and any(i["name"] == "text_embeds" for i in config["vision"]["inputs"]):
+    if pruning.method == "hiprune++" and tensor(vision.inputs, Tensors.TEXT_EMBEDS) is not None:
         from models.text_tower import load_visual_projection
 
         projection = load_visual_projection(loaded)
-    if config["vision"].get("anyres") and pruning["method"] != "none":
+    if vision.anyres is not None and pruning.method != "none":
         from exporter.anyres_plan import plan_anyres
 
-        plan = plan_anyres(pruning["method"], pruning["keep"], loaded.config, params)
+        plan = plan_anyres(pruning.method, pruning.keep, loaded.config, params)
         return build_anyres_module(loaded.vision, plan, precision="fp32", clip_projection=projection)
-    cfg = make_config(pruning["method"], pruning["keep"], grid=tuple(pruning["grid"]),
-                      num_layers=pruning["num_layers"], **params)
+    cfg = make_config(pruning.method, pruning.keep, grid=tuple(pruning.grid), num_layers=pruning.num_layers,
+                      **params)
     return build_graph_module(loaded.vision, cfg, precision="fp32", clip_projection=projection)
 
 
-def torch_reference(engine_dir: Path, config: dict, shapes: dict[str, list[int]], work: Path,
+def torch_reference(engine_dir: Path, config: EngineConfig, shapes: dict[str, list[int]], work: Path,
                     constants: dict[str, int] | None = None) -> dict[str, Any]:
     """CPU path: the engine directory's standard-op graph under ONNX Runtime vs the PyTorch
     graph it was exported from, on seeded random inputs (`constants`: int64 inputs)."""
@@ -244,8 +242,8 @@ def torch_reference(engine_dir: Path, config: dict, shapes: dict[str, list[int]]
 
     from models import load_model
 
-    loaded = load_model(config["model"]["name"])
-    module = _reference_module(loaded, config)
+    loaded = load_model(config.model.name)
+    module = _reference_module(loaded, config.vision)
     gen = torch.Generator().manual_seed(0)
     feeds = {
         n: torch.full(s, (constants or {})[n], dtype=torch.int64) if n in (constants or {})
@@ -254,11 +252,11 @@ def torch_reference(engine_dir: Path, config: dict, shapes: dict[str, list[int]]
     }
     with torch.no_grad():
         outs = module(*feeds.values())
-    names = [o["name"] for o in config["vision"]["outputs"]]
+    names = [o.name for o in config.vision.outputs]
     ref = {n: o.numpy() for n, o in zip(names, outs)}
     arrays = {n: v.numpy() if v.dtype == torch.int64 else v.numpy().astype(np.float32) for n, v in feeds.items()}
     inputs, outputs = save_reference(arrays, ref, work)
-    return run_polygraphy(ort_vs_reference_command(engine_dir / config["vision"]["onnx"], inputs, outputs))
+    return run_polygraphy(ort_vs_reference_command(engine_dir / config.vision.onnx, inputs, outputs))
 
 
 def _tensorrt_major() -> int | None:
@@ -271,41 +269,39 @@ def _tensorrt_major() -> int | None:
 
 def compare(engine_dir: Path, batch: int, run: bool, overrides: dict[str, list[int]], work: Path,
             views: int | None = None) -> dict[str, Any]:
-    from exporter.engine_dir import read_config
-
     return compare_config(read_config(engine_dir), engine_dir, batch, run, overrides, work, views)
 
 
-def compare_config(config: dict, engine_dir: Path, batch: int, run: bool, overrides: dict[str, list[int]],
+def compare_config(config: EngineConfig, engine_dir: Path, batch: int, run: bool, overrides: dict[str, list[int]],
                    work: Path, views: int | None = None) -> dict[str, Any]:
     """One row for an engine directory's config.json (see `compare`)."""
-    views = views_per_image(config, views)
-    shapes = input_shapes(config, batch, overrides, views)
+    vision = config.vision
+    views = views_per_image(vision, views)
+    shapes = input_shapes(vision, batch, overrides, views)
     major = _tensorrt_major() or 10
-    row: dict[str, Any] = {"engine_dir": str(engine_dir), "batch": batch,
-                           "selector": config["vision"].get("selector")}
+    row: dict[str, Any] = {"engine_dir": str(engine_dir), "batch": batch, "selector": vision.selector}
     constants, load_inputs = {}, {}
-    if config["vision"].get("anyres"):
+    if vision.anyres is not None:
         row["views_per_image"] = views
-    budget = view_budget_value(config, views)
-    if "view_budget" in shapes and budget is not None:
-        row["view_budget"] = constants["view_budget"] = budget
-    has_engine = bool(config["vision"].get("engine"))
+    budget = view_budget_value(vision, views)
+    if Tensors.VIEW_BUDGET in shapes and budget is not None:
+        row["view_budget"] = constants[Tensors.VIEW_BUDGET] = budget
+    has_engine = bool(vision.engine)
     if has_engine and constants:  # the printed trtexec command needs the file to exist
-        load_inputs["view_budget"] = write_view_budget(work, shapes["view_budget"][0], budget)
+        load_inputs[Tensors.VIEW_BUDGET] = write_view_budget(work, shapes[Tensors.VIEW_BUDGET][0], budget)
     if has_engine:
-        row["trtexec_command"] = shlex.join(trtexec_command(engine_dir, config, shapes, major,
+        row["trtexec_command"] = shlex.join(trtexec_command(engine_dir, vision, shapes, major,
                                                             load_inputs=load_inputs))
         row["polygraphy_commands"] = [shlex.join(c) for c in
-                                      polygraphy_commands(engine_dir, config, shapes, work, constants)]
+                                      polygraphy_commands(engine_dir, vision, shapes, work, constants)]
     if not run:
         return row
     trtexec = shutil.which("trtexec")
     if has_engine and trtexec and _tensorrt_major() is not None:
-        proc = subprocess.run(trtexec_command(engine_dir, config, shapes, major, trtexec, load_inputs),
+        proc = subprocess.run(trtexec_command(engine_dir, vision, shapes, major, trtexec, load_inputs),
                               capture_output=True, text=True)
         row["trtexec"] = parse_trtexec(proc.stdout)
-        ort, trt = polygraphy_commands(engine_dir, config, shapes, work, constants)
+        ort, trt = polygraphy_commands(engine_dir, vision, shapes, work, constants)
         subprocess.run(ort, capture_output=True, text=True, check=True)
         row["polygraphy"] = run_polygraphy(trt)
     else:

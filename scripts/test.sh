@@ -11,7 +11,7 @@ if [ ! -x .venv/bin/python ]; then
 fi
 . .venv/bin/activate
 python -m pip install -q --upgrade pip
-python -m pip install -q -e ".[cpu,rtx,dev]"
+python -m pip install -q -e ".[export,cpu,rtx,dev]"
 python -m plugins build
 # TensorRT-RTX's ONNX parser dlopens the unversioned libtensorrt_rtx.so when it meets a plugin
 # node; the wheel ships only the versioned name, so provide it before Python starts.

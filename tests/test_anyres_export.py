@@ -153,7 +153,7 @@ def test_plugin_graph_has_one_node_per_branch(tiny_next, projection, tmp_path, k
     """Every hiprune++ plugin node takes a similarity input, even at a K_view where t = 0."""
     import onnx
 
-    onnx_node = pytest.importorskip("plugins.onnx_node")
+    onnx_node = pytest.importorskip("exporter.plugin_node")
     plan = plan_anyres("hiprune++", keep, tiny_next.config)
     path = tmp_path / "plugin.onnx"
     export_anyres_vision_onnx(tiny_next.vision, plan, path, selector_factory=onnx_node.plugin_selector,

@@ -43,7 +43,7 @@ def test_spatial_order_on_a_hand_made_2x2_example():
 
 
 def test_spatial_order_ignores_padding_rows_and_rejects_mismatches():
-    from exporter.errors import UserError
+    from runtime.errors import UserError
 
     layout, grid = Layout((336, 672), 1, 2), (2, 2)
     kept = np.array([[1, 3, -1], [0, 2, -1], [1, 3, -1]], np.int64)
@@ -204,7 +204,7 @@ def test_unpruned_stock_path_equals_transformers(pipelines, next_images):
 
 def test_requests_use_their_own_count_of_prompt_table_rows(pipelines):
     ort, _ = pipelines("hivtp", 640)
-    k, vocab = ort.engine.visual_tokens, ort.engine.decoder["vocab_size"]
+    k, vocab = ort.engine.visual_tokens, ort.engine.decoder.vocab_size
     ids = ort.inputs.prompt_ids("hi", 2, k, 639)
     fake = [t for t in ids if t >= vocab]
     assert fake == list(range(vocab + 2 * k, vocab + 2 * k + 639))
@@ -223,21 +223,22 @@ def test_generate_json_reports_views_and_counts(pipelines, next_images, capsys):
     assert out["visual_tokens"] == 5 * 128 and [len(v) for v in out["kept_indices"]] == [128] * 5
 
 
-def test_random_weight_engines_use_the_builtin_anyres_processor(pipelines, next_images, tmp_path):
-    """An anyres engine without processor/ (random weights) preprocesses with tiny-llava-next's
-    processor: same pinpoints and CLIP mean/std, so the same views as a checkpoint's processor."""
-    import json
+def test_random_weight_engines_hold_the_builtin_anyres_processor(pipelines, next_images, tmp_path):
+    """A random-weight anyres build (no processor of its own) writes tiny-llava-next's processor
+    into processor/: same pinpoints and CLIP mean/std, so the same views as a checkpoint's processor."""
+    from types import SimpleNamespace
 
-    from runtime.engine_dir import open_engine_dir
-    from runtime.inputs import Inputs
+    from exporter.build import _processor, _save_processor
+    from runtime.images import image_processor_from_dir, load_image
 
     ort, _ = pipelines("hivtp", 640)
-    config = dict(ort.engine.config, model={**ort.engine.config["model"], "source": "random-weights", "path": None})
-    (tmp_path / "config.json").write_text(json.dumps(config))
-    builtin = Inputs(open_engine_dir(tmp_path))
-    assert builtin.builtin and builtin.anyres == ort.inputs.anyres
+    random = SimpleNamespace(name="llava-next-7b", source="random-weights", anyres=True, processor=None,
+                             processor_error=None)
+    _save_processor(_processor(random), tmp_path)
+    builtin = image_processor_from_dir(tmp_path / "processor")
+    assert sorted(builtin.pinpoints) == sorted(ort.inputs.anyres.pinpoints)
     want = ort.inputs.anyres_views(next_images, "float32")
-    got = builtin.anyres_views(next_images, "float32")
-    assert got.sizes == want.sizes == [tuple(s) for s in ALL_SIZES] and got.counts == want.counts
-    assert [v.shape[0] for v in got.views] == [layout.views for layout in want.layouts]
-    assert all(np.array_equal(a, b) for a, b in zip(got.views, want.views))
+    got = [builtin.views(load_image(image)) for image in next_images]
+    assert [tuple(size) for _, size in got] == want.sizes == [tuple(s) for s in ALL_SIZES]
+    assert [views.shape[0] for views, _ in got] == [layout.views for layout in want.layouts]
+    assert all(np.array_equal(views, w) for (views, _), w in zip(got, want.views))

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from exporter.cli import main
-from exporter.engine_dir import sha256_file
+from runtime.contract import sha256_file
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -34,8 +34,8 @@ def test_onnx_only_build_writes_a_complete_directory(tmp_path, capsys):
     assert config["vision"]["pruning"]["derived"] == {"anchors": 3, "extra_tokens": 0}
     assert config["engine"]["built"] is False and "ONNX graphs only" in config["engine"]["reason"]
     assert config["vision"]["outputs"][0] == {"name": "visual_features", "shape": [-1, 64, 64], "dtype": "float16"}
-    for name, digest in config["artifacts"].items():
-        assert sha256_file(out / name) == digest
+    for name, record in config["artifacts"].items():
+        assert sha256_file(out / name) == record["sha256"] and (out / name).stat().st_size == record["bytes"]
     assert {"torch", "transformers", "onnx", "tensorrt"} <= set(config["versions"])
     assert (out / "processor" / "tokenizer.json").is_file()
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".edgeprune-staging")]
@@ -120,7 +120,7 @@ def test_unreadable_checkpoint(tmp_path, capsys, tiny, damage):
 
 def test_failed_build_leaves_no_directory(tmp_path, monkeypatch, capsys):
     import exporter.onnx_export as onnx_export
-    from exporter.errors import UserError
+    from runtime.errors import UserError
 
     def explode(*args, **kwargs):
         (Path(args[2]).parent / "partial.onnx").write_bytes(b"half")

@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from exporter.pruning import make_config, select_tokens, vectorized
+from fakes.configs import engine_config
 
 ROOT = Path(__file__).resolve().parents[1]
 FIXTURES = ROOT / "tests" / "fixtures" / "trtexec"
@@ -60,18 +61,16 @@ def test_parse_polygraphy_verdicts():
     assert ce.parse_polygraphy(text) == {"passed": False, "outputs": {"kept_indices": True, "visual_features": False}}
 
 
-CONFIG = {
-    "vision": {
-        "onnx": "vision.onnx",
-        "engine": "vision.engine",
-        "selector": "plugin",
-        "plugin": {"library": "/opt/edgeprune/libedgeprune_plugin.so", "fields": {}},
-        "inputs": [
-            {"name": "pixel_values", "shape": [-1, 3, 336, 336], "dtype": "float16"},
-            {"name": "text_embeds", "shape": [-1, -2], "dtype": "float32"},
-        ],
-    }
-}
+CONFIG = engine_config({
+    "onnx": "vision.onnx",
+    "engine": "vision.engine",
+    "selector": "plugin",
+    "plugin": {"library": "/opt/edgeprune/libedgeprune_plugin.so", "fields": {}},
+    "inputs": [
+        {"name": "pixel_values", "shape": [-1, 3, 336, 336], "dtype": "float16"},
+        {"name": "text_embeds", "shape": [-1, -2], "dtype": "float32"},
+    ],
+}).vision
 
 
 def test_trtexec_command_for_10_and_11():
@@ -133,30 +132,31 @@ def test_polygraphy_ort_matches_pytorch_reference(standard_selection_graph, tmp_
     assert np.array_equal(select_tokens("hiprune", scores, 64).numpy(), reference)
 
 
-ANYRES_CONFIG = {
-    "vision": {
-        "onnx": "vision.onnx",
-        "engine": "vision.engine",
-        "selector": "onnx",
-        "inputs": [
-            {"name": "pixel_values", "shape": [-1, 3, 336, 336], "dtype": "float16"},
-            {"name": "view_budget", "shape": [-1], "dtype": "int64"},
-        ],
-        "anyres": {
-            "layouts": [{"pinpoint": [336, 672], "rows": 1, "cols": 2, "views": 3},
-                        {"pinpoint": [672, 672], "rows": 2, "cols": 2, "views": 5}],
-            "view_budgets": [{"views": [3], "keep": 213, "output": 213}, {"views": [5], "keep": 128, "output": 128}],
-        },
-    }
-}
+ANYRES_CONFIG = engine_config({
+    "onnx": "vision.onnx",
+    "engine": "vision.engine",
+    "selector": "onnx",
+    "inputs": [
+        {"name": "pixel_values", "shape": [-1, 3, 336, 336], "dtype": "float16"},
+        {"name": "view_budget", "shape": [-1], "dtype": "int64"},
+    ],
+    "anyres": {
+        "image_grid_pinpoints": [[336, 672], [672, 672]], "view_size": 336, "patch_grid": [24, 24],
+        "layouts": [{"pinpoint": [336, 672], "rows": 1, "cols": 2, "views": 3},
+                    {"pinpoint": [672, 672], "rows": 2, "cols": 2, "views": 5}],
+        "max_views": 5, "keep_per_image": 640, "view_rule": "K_view = floor(K / n_views)",
+        "view_budgets": [{"views": [3], "keep": 213, "output": 213}, {"views": [5], "keep": 128, "output": 128}],
+        "merge": "spatial", "image_newline": None, "order": "test", "max_tokens_per_image": 640,
+    },
+})
 
 
 def test_anyres_commands_feed_views_and_a_built_budget(tmp_path):
     """V = batch * views; every view gets that view count's K_view (trtexec from a raw int64
     file, polygraphy from a one-value range)."""
-    assert ce.views_per_image(ANYRES_CONFIG) == 3 and ce.views_per_image(ANYRES_CONFIG, 5) == 5
+    assert ce.views_per_image(ANYRES_CONFIG.vision) == 3 and ce.views_per_image(ANYRES_CONFIG.vision, 5) == 5
     with pytest.raises(ValueError, match="--views 4: this engine's layouts have 3, 5 views"):
-        ce.views_per_image(ANYRES_CONFIG, 4)
+        ce.views_per_image(ANYRES_CONFIG.vision, 4)
     with pytest.raises(ValueError, match="anyres"):
         ce.views_per_image(CONFIG, 3)
     assert ce.views_per_image(CONFIG) == 1

@@ -7,7 +7,7 @@ import torch
 
 from exporter.decoder_export import export_decoder
 from exporter.decoder_graph import io_names
-from exporter.errors import UserError
+from runtime.errors import UserError
 
 K = 8
 

@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 from exporter.pruning import make_config, select_tokens, vectorized
 from plugins import PLUGIN_NAME, PLUGIN_NAMESPACE, PLUGIN_VERSION, PluginBuildError, build_host_shim
 from plugins.host import HostSelectError, HostShim
-from plugins.onnx_node import plugin_fields, plugin_selector
+from exporter.plugin_node import plugin_fields, plugin_selector
 
 
 @pytest.fixture(scope="session")

@@ -17,7 +17,7 @@ import torch
 
 from exporter.pruning import make_config
 from plugins import PLUGIN_NAME, PluginBuildError, build, rtx_env
-from plugins.onnx_node import plugin_fields, plugin_selector
+from exporter.plugin_node import plugin_fields, plugin_selector
 
 pytest.importorskip("tensorrt_rtx_bindings", reason="TensorRT-RTX wheels are not installed")
 ROOT = Path(__file__).resolve().parents[1]

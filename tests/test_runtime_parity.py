@@ -30,7 +30,7 @@ def test_onnxruntime_equals_torch_single_and_batch(method, engine_root, images):
     ort = Pipeline.from_dir(engine, backend="onnxruntime")
     ref = Pipeline.from_dir(engine, backend="torch")
     if method == "hiprune++":  # the prompt goes through text.onnx here, the HF CLIP text model there
-        assert (ort.vision.text.backend, ref.vision.text.backend) == ("onnxruntime", "torch")
+        assert (ort.text.backend, ref.text.backend) == ("onnxruntime", "torch")
 
     single_ort = ort.generate(images[0], PROMPTS[0], max_new_tokens=NEW_TOKENS)
     single_ref = ref.generate(images[0], PROMPTS[0], max_new_tokens=NEW_TOKENS)
@@ -55,9 +55,10 @@ def test_onnxruntime_equals_torch_single_and_batch(method, engine_root, images):
 def test_streaming_yields_the_same_text(engine_root, images):
     pipe = Pipeline.from_dir(build_engine_dir(engine_root, "hivtp"), backend="onnxruntime")
     full = pipe.generate(images[1], PROMPTS[1], max_new_tokens=12)
-    chunks = list(pipe.generate(images[1], PROMPTS[1], max_new_tokens=12, stream=True))
+    stream = pipe.stream(images[1], PROMPTS[1], max_new_tokens=12)
+    chunks = [chunk.text for chunk in stream]
     assert "".join(chunks) == full.text
-    assert pipe.last_generations[0].token_ids == full.token_ids
+    assert stream.results[0].token_ids == full.token_ids
 
 
 def test_sampling_is_seeded_and_differs_from_greedy(engine_root, images):
@@ -67,7 +68,7 @@ def test_sampling_is_seeded_and_differs_from_greedy(engine_root, images):
     greedy = pipe.generate(images[0], PROMPTS[0], max_new_tokens=16)
     assert a.token_ids == b.token_ids
     assert a.token_ids != greedy.token_ids
-    assert all(0 <= t < pipe.engine.decoder["vocab_size"] for t in a.token_ids)
+    assert all(0 <= t < pipe.engine.decoder.vocab_size for t in a.token_ids)
     batch = pipe.generate([images[2], images[0]], ["describe the image", PROMPTS[0]], max_new_tokens=16,
                           temperature=1.0, top_p=0.9, seed=3)
     assert batch[1].token_ids == a.token_ids  # per-request generators: batch == alone

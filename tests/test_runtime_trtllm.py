@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from exporter.errors import UserError
+from runtime.errors import UserError
 from runtime import Pipeline
 
 FAKES = Path(__file__).parent / "fakes"
@@ -56,7 +56,7 @@ def test_adapter_arguments_and_tokens_match_our_decoder(engine, images, fake_trt
     (name, init), (gen_name, call) = fake_trtllm.CALLS
     assert name == "ModelRunnerCpp.from_dir" and init == {"engine_dir": str(trtllm_dir), "rank": 0}
     assert gen_name == "ModelRunnerCpp.generate"
-    vocab, k = ours.engine.decoder["vocab_size"], 64
+    vocab, k = ours.engine.decoder.vocab_size, 64
     for b, ids in enumerate(call["batch_input_ids"]):
         assert ids.dtype == torch.int32
         expect = ours.inputs.prompt_ids(PROMPTS[b], b, k)
@@ -64,8 +64,8 @@ def test_adapter_arguments_and_tokens_match_our_decoder(engine, images, fake_trt
         fake = ids[ids >= vocab]
         assert fake.tolist() == list(range(vocab + b * k, vocab + (b + 1) * k))
     assert call["prompt_tasks"] == "0,0,0"
-    assert tuple(call["prompt_table"].shape) == (3, k, ours.engine.decoder["hidden_size"])
-    feats, _ = ours.vision(ours.inputs.pixel_values(images, ours.vision.dtype), PROMPTS)
+    assert tuple(call["prompt_table"].shape) == (3, k, ours.engine.decoder.hidden_size)
+    feats = ours.vision(ours.inputs.pixel_values(images, ours.vision.input_dtype)).features
     np.testing.assert_array_equal(call["prompt_table"].numpy(), feats)
     assert call["max_new_tokens"] == 12 and call["top_k"] == 1 and call["temperature"] is None
     assert call["end_id"] == ours.inputs.eos_token_id and call["pad_id"] == ours.inputs.pad_token_id

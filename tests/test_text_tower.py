@@ -10,8 +10,10 @@ import numpy as np
 import pytest
 import torch
 
-from exporter.errors import UserError
-from runtime.engine_dir import EngineDir
+from fakes.configs import engine_config
+from runtime.backends import provider
+from runtime.contract import EngineDir, TensorSpec
+from runtime.errors import UserError
 from runtime.text_embeds import TextEmbedder, chunk_ids
 
 SHORT = "what is in the picture?"
@@ -26,7 +28,7 @@ def text_dir(tiny, tmp_path_factory):
 
     root = tmp_path_factory.mktemp("text")
     section = export_text_tower(tiny, root)
-    return EngineDir(Path(root), {"text": section})
+    return EngineDir(Path(root), engine_config(text=section))
 
 
 @pytest.fixture(scope="module")
@@ -36,8 +38,8 @@ def tower(tiny):
     return load_text_tower(tiny)[0]
 
 
-def _ids(section):
-    return {k: section[f"{k}_token_id"] for k in ("bos", "eos", "pad")}
+def _embedder(engine: EngineDir, backend: str) -> TextEmbedder:
+    return TextEmbedder.for_backend(engine, provider(backend))
 
 
 def _torch_embeds(tower, ids: np.ndarray) -> np.ndarray:
@@ -46,12 +48,12 @@ def _torch_embeds(tower, ids: np.ndarray) -> np.ndarray:
 
 
 def test_section_describes_the_graph(text_dir):
-    s = text_dir.config["text"]
-    assert (s["onnx"], s["tokenizer"], s["context_length"], s["max_chunks"]) == ("text.onnx", "text_tokenizer", 77, 8)
-    assert s["inputs"] == [{"name": "input_ids", "shape": [-1, 77], "dtype": "int64"}]
-    assert s["outputs"] == [{"name": "text_embeds", "shape": [-1, 32], "dtype": "float32"}]
-    assert s["source"].endswith("clip") and s["embed_dim"] == 32
-    assert (s["bos_token_id"], s["eos_token_id"], s["pad_token_id"]) == (1, 2, 2)
+    s = text_dir.config.text
+    assert (s.onnx, s.tokenizer, s.context_length, s.max_chunks) == ("text.onnx", "text_tokenizer", 77, 8)
+    assert s.inputs == [TensorSpec("input_ids", [-1, 77], "int64")]
+    assert s.outputs == [TensorSpec("text_embeds", [-1, 32], "float32")]
+    assert s.source.endswith("clip") and s.embed_dim == 32
+    assert (s.bos_token_id, s.eos_token_id, s.pad_token_id) == (1, 2, 2)
     import onnx
 
     from exporter.onnx_export import ONNX_IR_VERSION, ONNX_OPSET
@@ -62,7 +64,7 @@ def test_section_describes_the_graph(text_dir):
 
 
 def test_chunk_ids_for_a_short_prompt(text_dir):
-    embedder = TextEmbedder(text_dir, "onnxruntime")
+    embedder = _embedder(text_dir, "onnxruntime")
     ids = embedder.chunks(SHORT)
     assert ids.dtype == np.int64 and ids.shape == (1, 77)
     assert ids[0].tolist() == [1, *SHORT_IDS, 2] + [2] * (77 - len(SHORT_IDS) - 2)
@@ -72,8 +74,8 @@ def test_chunk_ids_for_a_short_prompt(text_dir):
 class _CountingTokenizer:
     """'n' -> ids 10 .. 10+n-1: chunk boundaries without a vocabulary."""
 
-    def __call__(self, prompt, **kwargs):
-        return {"input_ids": list(range(10, 10 + int(prompt)))}
+    def encode(self, prompt, add_special_tokens=True):
+        return list(range(10, 10 + int(prompt)))
 
 
 @pytest.mark.parametrize("n", [0, 1, 74, 75, 76, 150, 151, 200])
@@ -90,7 +92,7 @@ def test_long_prompts_give_ceil_n_over_75_chunks(n):
 
 @pytest.mark.parametrize("prompt", [SHORT, LONG])
 def test_onnx_matches_the_torch_text_model(text_dir, tower, prompt):
-    embedder = TextEmbedder(text_dir, "onnxruntime")
+    embedder = _embedder(text_dir, "onnxruntime")
     ids = embedder.chunks(prompt)
     if prompt == LONG:
         assert ids.shape[0] == 3
@@ -98,7 +100,7 @@ def test_onnx_matches_the_torch_text_model(text_dir, tower, prompt):
 
 
 def test_padding_after_eos_does_not_change_the_embedding(text_dir, tower):
-    ids = TextEmbedder(text_dir, "onnxruntime").chunks(SHORT)
+    ids = _embedder(text_dir, "onnxruntime").chunks(SHORT)
     end = len(SHORT_IDS) + 2
     np.testing.assert_allclose(_torch_embeds(tower, ids), _torch_embeds(tower, ids[:, :end]), atol=1e-6, rtol=0)
 
@@ -119,8 +121,8 @@ def test_eos_padding_is_invisible_under_both_pooling_rules(eos):
 
 
 def test_prompt_embedding_is_the_normalised_chunk_mean(text_dir, tower):
-    ref = TextEmbedder(text_dir, "torch")
-    ort = TextEmbedder(text_dir, "onnxruntime")
+    ref = _embedder(text_dir, "torch")
+    ort = _embedder(text_dir, "onnxruntime")
     prompts = [LONG, SHORT, ""]
     got = ref(prompts)
     for row, prompt in zip(got, prompts):
@@ -133,20 +135,23 @@ def test_prompt_embedding_is_the_normalised_chunk_mean(text_dir, tower):
 
 def test_too_many_chunks_is_a_user_error(text_dir):
     with pytest.raises(UserError, match="at most 8"):
-        TextEmbedder(text_dir, "onnxruntime")(" ".join(["red cup"] * 400))
+        _embedder(text_dir, "onnxruntime")(" ".join(["red cup"] * 400))
 
 
 def test_engine_dir_without_text_section_asks_for_a_rebuild(tmp_path_factory):
+    from dataclasses import replace
+
     from fakes.engines import build_engine_dir
-    from runtime.engine_dir import open_engine_dir
-    from runtime.vision_backends import make_vision
+    from runtime.contract import open_engine_dir
 
     engine = open_engine_dir(build_engine_dir(tmp_path_factory.getbasetemp() / "engines", "hiprune++"))
-    assert engine.config["text"]["onnx"] == "text.onnx" and (engine.path / "text.onnx").is_file()
-    old = EngineDir(engine.path, {k: v for k, v in engine.config.items() if k != "text"})
+    assert engine.config.text.onnx == "text.onnx" and (engine.path / "text.onnx").is_file()
+    old = EngineDir(engine.path, replace(engine.config, text=None))
     for backend in ("onnxruntime", "torch"):
         with pytest.raises(UserError, match="rebuild it with this release"):
-            make_vision(old, backend)
+            parts = provider(backend)
+            assert parts.vision(old).takes_text  # the graph still takes the prompt
+            TextEmbedder.for_backend(old, parts)
 
 
 def test_inspect_shows_the_text_tower(tmp_path_factory, capsys):

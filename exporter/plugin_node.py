@@ -13,9 +13,9 @@ from typing import Any, Callable
 
 import torch
 
-from exporter.pruning import PruneConfig, vectorized
+from plugins import PLUGIN_NAME, PLUGIN_NAMESPACE, PLUGIN_VERSION
 
-from . import PLUGIN_NAME, PLUGIN_NAMESPACE, PLUGIN_VERSION
+from .pruning import PruneConfig, vectorized
 
 METHOD_IDS = {"hivtp": 1, "hiprune": 2, "hiprune++": 3}
 BUFFER_EDGES_IDS = {"clamp": 0, "discard": 1}

@@ -1,0 +1,159 @@
+"""The TensorRT backend: the serialized engines of an engine directory, with device memory
+managed through cuda-python (runtime/backends/cuda.py), not torch.
+
+Before deserialising, the recorded library and version must match the installed one and the GPU
+must be one the engines were built for; TensorRT would otherwise abort or print a long log and
+return None. The decoder's KV cache stays on the device between steps."""
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from ..contract import EngineDir, Tensors
+from ..errors import EngineDirError, UserError
+from ..optional import load_tensorrt
+from . import cuda
+from .base import StepDecoder, TextBackend, VisionBackend, VisionOutput
+
+NAME = "tensorrt"
+_DTYPES = {"HALF": "float16", "FLOAT": "float32", "INT64": "int64", "INT32": "int32", "BOOL": "bool", "INT8": "int8"}
+
+
+def _library(engine: EngineDir):
+    record = engine.config.engine
+    flavour = record.backend or "tensorrt"
+    trt = load_tensorrt(flavour, f"--backend {NAME}")
+    if record.version and trt.version.split(".")[:3] != str(record.version).split(".")[:3]:
+        raise EngineDirError(f"the engines were built with {flavour} {record.version} but {trt.version} is installed: "
+                             "rebuild the engine directory on this machine")
+    problem = cuda.gpu_problem(record)
+    if problem:
+        raise UserError(f"--backend {NAME} cannot run here: {problem}")
+    return trt.module
+
+
+class TrtEngine:
+    """One deserialised engine with its execution context and stream."""
+
+    def __init__(self, engine_dir: EngineDir, name: str | None, what: str):
+        path = engine_dir.file(name, what)
+        trt = _library(engine_dir)
+        self.trt = trt
+        self.runtime = trt.Runtime(trt.Logger(trt.Logger.WARNING))
+        blob = path.read_bytes()
+        validity = getattr(self.runtime, "get_engine_validity", None)  # TensorRT >= 10.8: header check only
+        if validity is not None:
+            try:
+                verdict = validity(blob)
+                verdict = verdict[0] if isinstance(verdict, tuple) else verdict
+            except Exception:  # the binding's shape differs between releases: fall back to deserialising
+                verdict = None
+            if verdict is not None and str(verdict).split(".")[-1] != "VALID":
+                raise EngineDirError(f"{path.name} cannot run here ({str(verdict).split('.')[-1].lower()}): it was "
+                                     "built by another TensorRT version or for another GPU; rebuild it")
+        self.engine = self.runtime.deserialize_cuda_engine(blob)
+        if self.engine is None:
+            raise EngineDirError(f"{path.name} cannot run here (built by another TensorRT version or for another GPU)")
+        self.context = self.engine.create_execution_context()
+        self.stream = cuda.Stream()
+        self.profile = 0
+        self.names = [self.engine.get_tensor_name(i) for i in range(self.engine.num_io_tensors)]
+        self.outputs = [n for n in self.names if self.engine.get_tensor_mode(n) == trt.TensorIOMode.OUTPUT]
+
+    def dtype(self, name: str) -> str:
+        return _DTYPES[str(self.engine.get_tensor_dtype(name)).split(".")[-1].upper()]
+
+    def set_profile(self, index: int) -> None:
+        if index != self.profile and self.engine.num_optimization_profiles > index:
+            self.context.set_optimization_profile_async(index, int(self.stream))
+            self.profile = index
+
+    def run(self, feeds: dict[str, Any], keep_on_device: tuple[str, ...] = ()) -> dict[str, Any]:
+        """Feeds are numpy arrays or DeviceArrays. Outputs come back as numpy arrays, except the
+        names in `keep_on_device`, which stay DeviceArrays (the KV cache)."""
+        bound: dict[str, cuda.DeviceArray] = {}
+        for name, value in feeds.items():
+            if not isinstance(value, cuda.DeviceArray):
+                value = cuda.DeviceArray.from_host(np.asarray(value, dtype=self.dtype(name)), self.stream)
+            bound[name] = value
+            self.context.set_input_shape(name, value.shape)
+            self.context.set_tensor_address(name, value.ptr)
+        results: dict[str, cuda.DeviceArray] = {}
+        for name in self.outputs:
+            out = cuda.DeviceArray(tuple(self.context.get_tensor_shape(name)), self.dtype(name))
+            self.context.set_tensor_address(name, out.ptr)
+            results[name] = out
+        if not self.context.execute_async_v3(int(self.stream)):
+            raise UserError("TensorRT execution failed (see the log above)")
+        self.stream.synchronize()
+        return {n: (a if n in keep_on_device else a.to_host(self.stream)) for n, a in results.items()}
+
+
+class TrtVision(VisionBackend):
+    name = NAME
+
+    def __init__(self, engine: EngineDir, threads: int = 0):
+        self.engine = TrtEngine(engine, engine.vision.engine, "vision engine")
+        self.takes_budget = Tensors.VIEW_BUDGET in self.engine.names
+        self.takes_text = Tensors.TEXT_EMBEDS in self.engine.names
+
+    @property
+    def input_dtype(self) -> str:
+        return self.engine.dtype(Tensors.PIXEL_VALUES)
+
+    def __call__(self, pixel_values, *, text_embeds=None, view_budget=None) -> VisionOutput:
+        feeds = {Tensors.PIXEL_VALUES: pixel_values}
+        if self.takes_budget:
+            feeds[Tensors.VIEW_BUDGET] = view_budget
+        if self.takes_text:
+            feeds[Tensors.TEXT_EMBEDS] = text_embeds
+        out = self.engine.run(feeds)
+        return VisionOutput(out[Tensors.VISUAL_FEATURES], out[Tensors.KEPT_INDICES].astype(np.int64))
+
+
+class TrtText(TextBackend):
+    name = NAME
+
+    def __init__(self, engine: EngineDir, threads: int = 0):
+        self.engine = TrtEngine(engine, engine.text.engine, "text engine")
+
+    def __call__(self, input_ids: np.ndarray) -> np.ndarray:
+        return self.engine.run({Tensors.TEXT_INPUT_IDS: input_ids})[Tensors.TEXT_EMBEDS]
+
+
+class TrtDecoder(StepDecoder):
+    """Profile 0 = prefill (empty past), profile 1 = decode; the present KV tensors of one step
+    are bound as the next step's past inputs without leaving the device."""
+
+    name = NAME
+
+    def __init__(self, engine: EngineDir, threads: int = 0):
+        self.sec = engine.decoder
+        self.engine = TrtEngine(engine, self.sec.engine, "decoder engine")
+        self.kv = Tensors.kv_pairs(self.sec.num_layers)
+        self.past: dict[str, Any] = {}
+
+    def start(self, batch: int) -> None:
+        shape = (batch, self.sec.num_kv_heads, 0, self.sec.head_dim)
+        self.past = {past: np.zeros(shape, self.sec.dtype) for past, _ in self.kv}
+        self.prefill = True
+
+    def step(self, feeds: dict[str, np.ndarray]) -> np.ndarray:
+        self.engine.set_profile(0 if self.prefill else 1)
+        out = self.engine.run({**feeds, **self.past}, keep_on_device=tuple(p for _, p in self.kv))
+        self.past = {past: out[present] for past, present in self.kv}
+        self.prefill = False
+        return out[Tensors.LOGITS]
+
+
+def vision(engine: EngineDir, threads: int = 0) -> TrtVision:
+    return TrtVision(engine, threads)
+
+
+def decoder(engine: EngineDir, threads: int = 0) -> TrtDecoder:
+    return TrtDecoder(engine, threads)
+
+
+def text(engine: EngineDir, threads: int = 0) -> TrtText:
+    return TrtText(engine, threads)
