@@ -138,7 +138,14 @@ def _open(fp, source: str) -> Image.Image:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
+            # a palette tRNS with partial alphas is dropped by convert (as in HF); the module doc says so
+            warnings.filterwarnings("ignore", "Palette images with Transparency", UserWarning)
             with Image.open(fp) as opened:
+                # the same limit again, without relying on the (process-global) warning filters
+                limit = Image.MAX_IMAGE_PIXELS
+                if limit and opened.width * opened.height > limit:
+                    raise Image.DecompressionBombWarning(
+                        f"{opened.width}x{opened.height} pixels exceed the limit of {limit} pixels")
                 return upright_rgb(opened)
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         raise UserError(f"{source} is too large to decode safely (decompression bomb?): {one_line(exc)}") from None

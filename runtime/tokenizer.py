@@ -171,7 +171,8 @@ class Tokenizer:
         folder = Path(path)
         file = folder / "tokenizer.json"
         if not file.is_file():
-            raise UserError(f"{folder} has no tokenizer.json (this runtime reads tokenizers in the `tokenizers` format)")
+            raise UserError(f"{folder} has no tokenizer.json (the runtime reads tokenizers in the `tokenizers` "
+                            "library's format)")
         try:
             text = file.read_text(encoding="utf-8")
         except (OSError, UnicodeDecodeError) as exc:
