@@ -52,7 +52,8 @@ def load_image(image: Any) -> Image.Image:
     (EXIF orientation applied, then `convert("RGB")`; see the module doc for what that means for
     alpha, palettes and 16-bit images). Every way an input can be unusable (missing, empty, not an
     image, truncated, larger than PIL's decompression-bomb limit, wrong array dtype or layout) is
-    one `UserError` line; nothing comes back as a black image.
+    one `UserError` line, never a silently black or garbled image. URLs and base64 strings (which
+    transformers' loader also accepts) are refused: the caller fetches or decodes them.
     """
     if isinstance(image, Image.Image):
         return _guarded(lambda: upright_rgb(image), "the PIL image")
@@ -63,7 +64,10 @@ def load_image(image: Any) -> Image.Image:
     if isinstance(image, (str, os.PathLike)):
         return _decode_file(image)
     if callable(getattr(image, "read", None)):
-        data = image.read()
+        try:
+            data = image.read()
+        except OSError as exc:
+            raise UserError(f"cannot read the image stream: {one_line(exc)}") from None
         if not isinstance(data, (bytes, bytearray)):
             raise UserError(f"the image file object returned {type(data).__name__}, not bytes: open it in binary mode")
         return _decode(bytes(data), "the image stream")

@@ -198,6 +198,8 @@ class Tokenizer:
             raise UserError(f"{file} is not a valid tokenizers file: {one_line(exc)}") from None
 
         init = {k: v for k, v in config.items() if k not in ("tokenizer_class", "add_bos_token", "add_eos_token")}
+        if isinstance(data.get("padding"), dict):  # transformers takes a missing pad token from here
+            init.setdefault("pad_token", data["padding"].get("pad_token"))
         if "additional_special_tokens" in init and not init.get("extra_special_tokens"):
             init["extra_special_tokens"] = init.pop("additional_special_tokens")
         added: dict[int, Any] = {}

@@ -292,6 +292,58 @@ def test_llama_prompts_equal_hf(layout, llama_dirs):
         assert raw.encode(text).ids != hf.tokenizer(text)["input_ids"] == ours.tokenizer.encode(text)
 
 
+def _edit_json(file, **changes):
+    data = json.loads(file.read_text())
+    for key, value in changes.items():
+        if value is None:
+            data.pop(key, None)
+        else:
+            data[key] = value
+    file.write_text(json.dumps(data))
+
+
+def _pad_from_padding(folder):
+    padding = {"strategy": "BatchLongest", "direction": "Right", "pad_to_multiple_of": None, "pad_id": 2,
+               "pad_type_id": 0, "pad_token": "</s>"}
+    _edit_json(folder / "tokenizer.json", padding=padding)
+    _edit_json(folder / "tokenizer_config.json", pad_token=None)
+
+
+def _legacy_special_tokens_map(folder):
+    _edit_json(folder / "tokenizer_config.json", added_tokens_decoder=None, tokenizer_class="TokenizersBackend",
+               bos_token=None, eos_token=None, unk_token=None, pad_token=None)
+    (folder / "special_tokens_map.json").write_text(json.dumps({
+        "bos_token": {"content": "<s>", "lstrip": False, "normalized": False, "rstrip": False, "single_word": False},
+        "eos_token": "</s>", "unk_token": "<unk>", "pad_token": "<pad>", "additional_special_tokens": ["<image>"]}))
+
+
+TOKENIZER_VARIANTS = {
+    "pad token from tokenizer.json padding": _pad_from_padding,
+    "legacy special_tokens_map.json": _legacy_special_tokens_map,
+    "no tokenizer_config.json": lambda folder: (folder / "tokenizer_config.json").unlink(),
+    "split special tokens, legacy, no prefix space": lambda folder: _edit_json(
+        folder / "tokenizer_config.json", split_special_tokens=True, legacy=True, add_prefix_space=False),
+    "extra and model special tokens": lambda folder: _edit_json(
+        folder / "tokenizer_config.json", extra_special_tokens=["<new_tok>"], image_token="<image>"),
+}
+
+
+@pytest.mark.parametrize("variant", list(TOKENIZER_VARIANTS))
+def test_tokenizer_config_variants_equal_hf(variant, llama_dirs, tmp_path):
+    folder = copy_folder(llama_dirs["metaspace"], tmp_path / "variant")
+    TOKENIZER_VARIANTS[variant](folder)
+    hf, ours = AutoTokenizer.from_pretrained(folder), Tokenizer.from_dir(folder)
+    text = "USER: <image>\nhi <pad> there</s> <new_tok> ASSISTANT:"
+    assert len(ours) == len(hf)
+    assert ours.encode(text) == hf(text)["input_ids"]
+    assert ours.special_tokens == hf.special_tokens_map
+    assert (ours.bos_token_id, ours.eos_token_id, ours.pad_token_id, ours.unk_token_id) == \
+        (hf.bos_token_id, hf.eos_token_id, hf.pad_token_id, hf.unk_token_id)
+    everything = list(range(len(hf)))
+    assert ours.decode(everything) == hf.decode(everything, skip_special_tokens=True)
+    assert ours.decode(everything, skip_special_tokens=False) == hf.decode(everything)
+
+
 def test_multi_turn_chat_equals_hf(llama_dirs):
     folder = llama_dirs["metaspace"]
     hf, ours = AutoProcessor.from_pretrained(folder), ChatEncoder.from_dir(folder)
