@@ -359,13 +359,13 @@ def _save_processor(processor, work: Path) -> None:
     """Write processor/ and check that the runtime's own preprocessing and prompt code can read
     it (it must equal the HF processor on the device, without transformers)."""
     from runtime.images import image_processor_from_dir
-    from runtime.prompts import PromptEncoder
+    from runtime.prompts import ChatEncoder
 
     folder = work / Files.PROCESSOR
     processor.save_pretrained(folder)
     try:
         image_processor_from_dir(folder)
-        PromptEncoder.from_dir(folder)
+        ChatEncoder.from_dir(folder)
     except UserError as exc:
         raise UserError(f"the checkpoint's processor cannot be used by the edgeprune runtime: {exc}") from None
 

@@ -53,7 +53,6 @@ def _generate(args) -> int:
         raise UserError(f"give one --prompt or one per --image ({len(args.image)} images, {len(args.prompt)} prompts)")
     pipe = Pipeline.from_dir(args.engine_dir, args.backend, threads=args.threads,
                              trtllm_engine_dir=args.trtllm_engine_dir)
-    print(f"backend: {pipe.backends.describe()}", file=sys.stderr, flush=True)
     single = len(args.image) == 1
     images = args.image[0] if single else args.image
     prompts = args.prompt[0] if len(args.prompt) == 1 else args.prompt
@@ -65,15 +64,16 @@ def _generate(args) -> int:
                                                           "reason": pipe.backends.reason}}
         payload = {**out.as_dict(), **backends} if single else [o.as_dict() for o in out]
         print(json.dumps(payload))
-        return 0
-    if not single:
+    elif not single:
         for i, gen in enumerate(pipe.generate(images, prompts, **kw)):
             print(f"[{i}] {gen.text}")
-        return 0
-    for chunk in pipe.stream(images, prompts, **kw):
-        sys.stdout.write(chunk.text)
-        sys.stdout.flush()
-    sys.stdout.write("\n")
+    else:
+        for chunk in pipe.stream(images, prompts, **kw):
+            sys.stdout.write(chunk.text)
+            sys.stdout.flush()
+        sys.stdout.write("\n")
+    # said once the generation ran, so that bad input still gets exactly one stderr line
+    print(f"backend: {pipe.backends.describe()}", file=sys.stderr, flush=True)
     return 0
 
 

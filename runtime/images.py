@@ -154,7 +154,7 @@ def _open(fp, source: str) -> Image.Image:
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         raise UserError(f"{source} is too large to decode safely (decompression bomb?): {one_line(exc)}") from None
     except UnidentifiedImageError:
-        raise UserError(f"{source} is not an image (no format PIL can read)") from None
+        raise UserError(f"{source} is not a readable image (no format PIL can read)") from None
     except OSError as exc:
         if isinstance(fp, Path) and not fp.is_file():
             raise UserError(f"cannot read {source}: {one_line(exc)}") from None

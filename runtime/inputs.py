@@ -34,12 +34,12 @@ class Inputs:
 
     def __init__(self, engine: EngineDir):
         from .images import image_processor_from_dir
-        from .prompts import PromptEncoder
+        from .prompts import ChatEncoder
 
         self.engine = engine
         folder = engine.folder(engine.vision.preprocess.processor, "processor folder")
         self.images = image_processor_from_dir(folder)
-        self.prompts = PromptEncoder.from_dir(folder)
+        self.prompts = ChatEncoder.from_dir(folder)
         self.anyres = AnyresSpec.from_section(engine.anyres) if engine.anyres else None
         if self.anyres is not None:
             points = getattr(self.images, "pinpoints", None)
@@ -87,9 +87,8 @@ class Inputs:
 
     # ---- prompts ----------------------------------------------------------------------------
     def chat_text(self, prompt: str) -> str:
-        if not isinstance(prompt, str) or not prompt.strip():
-            raise UserError("the prompt is empty")
-        return self.prompts.chat_text(prompt)
+        """The checkpoint's chat template around one image and the prompt."""
+        return self.prompts.image_prompt_text(prompt)
 
     def prompt_ids(self, prompt: str, request: int, visual_tokens: int, count: int | None = None) -> list[int]:
         """Token ids with the single `<image>` replaced by the fake prompt-table ids of this
@@ -99,7 +98,7 @@ class Inputs:
         count = visual_tokens if count is None else count
         if not 0 < count <= visual_tokens:
             raise UserError(f"an image of {count} visual tokens does not fit the engine's {visual_tokens} per request")
-        ids = self.prompts.tokenizer.encode(self.chat_text(prompt), add_special_tokens=True)
+        ids = self.prompts.image_prompt_ids(prompt)
         where = [i for i, t in enumerate(ids) if t == self.image_token_id]
         if len(where) != 1:
             raise UserError(f"the prompt must hold exactly one image placeholder, found {len(where)}")
@@ -108,6 +107,7 @@ class Inputs:
         return ids[: where[0]] + fake + ids[where[0] + 1 :]
 
     def decode(self, ids: Sequence[int]) -> str:
-        tok = self.prompts.tokenizer
-        limit = len(tok)
-        return tok.decode([int(i) for i in ids if 0 <= int(i) < limit], skip_special_tokens=True)
+        """Text of generated ids; ids past the tokenizer (random-weight decoders have a larger
+        vocabulary than the built-in tokenizer) are dropped."""
+        limit = len(self.prompts.tokenizer)
+        return self.prompts.decode([int(i) for i in ids if 0 <= int(i) < limit])

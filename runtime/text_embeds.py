@@ -58,7 +58,7 @@ class TextEmbedder:
         return cls(engine, backend.text(engine, threads))
 
     def __init__(self, engine: EngineDir, tower: TextBackend):
-        from .prompts import Tokenizer
+        from .tokenizer import Tokenizer
 
         self.section = section = text_section(engine)
         self.tower = tower

@@ -49,7 +49,7 @@ def _tensorrt_unusable(engine: EngineDir) -> str | None:
     """Why the engine directory's TensorRT engines cannot run here, or None if they can."""
     cfg = engine.config
     if not cfg.engine.built or not engine.vision.engine or not engine.decoder.engine:
-        return f"no TensorRT engines in this directory ({cfg.engine.reason or 'built without them'})"
+        return f"no TensorRT engines in this directory; the build said: {cfg.engine.reason or 'built without them'}"
     flavour = cfg.engine.backend or "tensorrt"
     if flavour not in installed_tensorrt_flavours():
         return f"the engines were built with {flavour}, which is not installed here"

@@ -1,0 +1,1 @@
+"""Stand-in for cuda-python on a machine without a GPU (see tensorrt/__init__.py)."""
