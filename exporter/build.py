@@ -12,6 +12,7 @@ from runtime.contract import (
     DecoderSection,
     EngineConfig,
     EngineSection,
+    RANDOM_WEIGHTS,
     Files,
     ModelSection,
     PluginSection,
@@ -230,7 +231,7 @@ def _clip_projection(options: BuildOptions, loaded, cfg):
         raise UserError(str(exc)) from None
 
 
-def _text_tower(options: BuildOptions, loaded, cfg, work: Path) -> dict | None:
+def _text_tower(options: BuildOptions, loaded, cfg, work: Path) -> TextSection | None:
     """text.onnx + text_tokenizer/ for prompt-aware methods: the `text` section, else None."""
     if not cfg.uses_prompt:
         return None
@@ -290,7 +291,7 @@ def build(options: BuildOptions) -> Path:
             precision=options.precision,
             max_batch=options.max_batch,
             vision=vision,
-            text=parse(TextSection, text, "text") if text is not None else None,
+            text=text,
             decoder=parse(DecoderSection, decoder, "decoder") if decoder is not None else None,
             engine=engine,
             versions=versions(backend),
@@ -344,7 +345,7 @@ def _processor(loaded):
     time, rather than on the device."""
     if loaded.processor is not None:
         return loaded.processor
-    if loaded.source != "random-weights":
+    if loaded.source != RANDOM_WEIGHTS:
         raise UserError(loaded.processor_error or f"the checkpoint {loaded.name} has no processor "
                         "(preprocessor, tokenizer and chat template); add one to the checkpoint directory")
     from transformers import AutoProcessor

@@ -12,16 +12,19 @@ activations would need the same float32 islands as the vision graph for no measu
 from __future__ import annotations
 
 import warnings
+from dataclasses import replace
 from pathlib import Path
-from typing import Any
 
 import torch
 from torch import nn
 
-ONNX_NAME = "text.onnx"
-ENGINE_NAME = "text.engine"
-TOKENIZER_DIR = "text_tokenizer"
-CONTEXT_LENGTH = 77
+from runtime.contract import RANDOM_WEIGHTS, Files, Tensors, TensorSpec, TextSection
+from runtime.errors import UserError
+from runtime.text_embeds import CONTEXT_LENGTH
+
+ONNX_NAME = Files.TEXT_ONNX
+ENGINE_NAME = Files.TEXT_ENGINE
+TOKENIZER_DIR = Files.TEXT_TOKENIZER
 MAX_CHUNKS = 8
 RANDOM_SEED = 0  # the seed `models.load_model` gives random-weight models
 CHUNKING = (
@@ -99,12 +102,10 @@ def special_ids(tokenizer) -> dict[str, int]:
     tokenizer does): under either HF pooling rule (first EOS, or the legacy argmax of the ids
     for configs with eos_token_id 2) a trailing EOS can never move the pooled position, while
     another pad id can (the tiny tokenizer's <pad> = 3 outranks its </s> = 2 under argmax)."""
-    from exporter.errors import UserError
-
     bos, eos = tokenizer.bos_token_id, tokenizer.eos_token_id
     if bos is None or eos is None:
         raise UserError("the CLIP text tower's tokenizer has no BOS/EOS token")
-    return {"bos_token_id": int(bos), "eos_token_id": int(eos), "pad_token_id": int(eos)}
+    return {"bos": int(bos), "eos": int(eos), "pad": int(eos)}
 
 
 def pooling_rule(tower) -> str:
@@ -115,7 +116,7 @@ def pooling_rule(tower) -> str:
 
 
 def export_text_tower(loaded, workdir: Path, *, override: str | None = None, precision: str = "fp32",
-                      max_chunks: int = MAX_CHUNKS) -> dict[str, Any]:
+                      max_chunks: int = MAX_CHUNKS) -> TextSection:
     """Write text.onnx and text_tokenizer/ into `workdir`; return config.json's `text` section.
     `precision` is the build's; the graph is float32 whatever it is (see the module doc)."""
     import onnx
@@ -132,14 +133,14 @@ def export_text_tower(loaded, workdir: Path, *, override: str | None = None, pre
     ids = special_ids(tokenizer)
     workdir = Path(workdir)
     module = ProjectedText(tower).eval()
-    example = torch.full((2, CONTEXT_LENGTH), ids["pad_token_id"], dtype=torch.int64)
-    example[:, 0], example[:, 1] = ids["bos_token_id"], ids["eos_token_id"]
+    example = torch.full((2, CONTEXT_LENGTH), ids["pad"], dtype=torch.int64)
+    example[:, 0], example[:, 1] = ids["bos"], ids["eos"]
     path = workdir / ONNX_NAME
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")
         torch.onnx.export(
-            module, (example,), str(path), input_names=["input_ids"], output_names=["text_embeds"],
-            dynamic_axes={"input_ids": {0: "chunks"}, "text_embeds": {0: "chunks"}},
+            module, (example,), str(path), input_names=[Tensors.TEXT_INPUT_IDS], output_names=[Tensors.TEXT_EMBEDS],
+            dynamic_axes={Tensors.TEXT_INPUT_IDS: {0: "chunks"}, Tensors.TEXT_EMBEDS: {0: "chunks"}},
             opset_version=ONNX_OPSET, dynamo=False,
         )
     model = onnx.load(str(path))
@@ -149,36 +150,25 @@ def export_text_tower(loaded, workdir: Path, *, override: str | None = None, pre
     tokenizer.save_pretrained(workdir / TOKENIZER_DIR)
 
     dim = int(tower.config.projection_dim)
-    section: dict[str, Any] = {
-        "onnx": ONNX_NAME,
-        "engine": None,
-        "tokenizer": TOKENIZER_DIR,
-        "source": source,
-        "precision": "fp32",
-        "build_precision": precision,
-        "context_length": CONTEXT_LENGTH,
-        "chunk_tokens": CONTEXT_LENGTH - 2,
-        "max_chunks": max_chunks,
-        "chunking": CHUNKING,
-        "pooling": pooling_rule(tower),
-        **ids,
-        "embed_dim": dim,
-        "inputs": [{"name": "input_ids", "shape": [-1, CONTEXT_LENGTH], "dtype": "int64"}],
-        "outputs": [{"name": "text_embeds", "shape": [-1, dim], "dtype": "float32"}],
-    }
-    if source == "random-weights":
-        section["seed"] = RANDOM_SEED
-    return section
+    return TextSection(
+        onnx=ONNX_NAME, engine=None, tokenizer=TOKENIZER_DIR, source=source, precision="fp32",
+        build_precision=precision, context_length=CONTEXT_LENGTH, chunk_tokens=CONTEXT_LENGTH - 2,
+        max_chunks=max_chunks, chunking=CHUNKING, pooling=pooling_rule(tower), bos_token_id=ids["bos"],
+        eos_token_id=ids["eos"], pad_token_id=ids["pad"], embed_dim=dim,
+        inputs=[TensorSpec(Tensors.TEXT_INPUT_IDS, [-1, CONTEXT_LENGTH], "int64")],
+        outputs=[TensorSpec(Tensors.TEXT_EMBEDS, [-1, dim], "float32")],
+        seed=RANDOM_SEED if source == RANDOM_WEIGHTS else None,
+    )
 
 
-def build_text_engine(backend, workdir: Path, section: dict[str, Any], max_batch: int) -> dict[str, Any]:
+def build_text_engine(backend, workdir: Path, section: TextSection, max_batch: int) -> TextSection:
     """Build text.engine from text.onnx; the profile admits every chunk of a full batch."""
     from .trt_compat import build_engine
 
     workdir = Path(workdir)
-    n, rows = section["context_length"], section["max_chunks"] * max_batch
+    n, rows = section.context_length, section.max_chunks * max_batch
     info = build_engine(
-        backend, workdir / section["onnx"], workdir / ENGINE_NAME,
-        profiles=[{"input_ids": ((1, n), (1, n), (rows, n))}], label="text engine",
+        backend, workdir / section.onnx, workdir / ENGINE_NAME,
+        profiles=[{Tensors.TEXT_INPUT_IDS: ((1, n), (1, n), (rows, n))}], label="text engine",
     )
-    return {**section, "engine": ENGINE_NAME, "engine_io": info["io"], "engine_profiles": info["profiles"]}
+    return replace(section, engine=ENGINE_NAME, engine_io=info["io"], engine_profiles=info["profiles"])

@@ -12,6 +12,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any, Sequence
 
+from runtime.contract import TRT_DTYPES
 from runtime.errors import MissingDependency, UserError
 from runtime.optional import TENSORRT_FLAVOURS, hint, load_tensorrt
 
@@ -87,8 +88,8 @@ class _Progress:
 
 
 def _dtype_name(dtype: Any) -> str:
-    name = str(dtype).split(".")[-1].lower()
-    return {"float": "float32", "half": "float16", "int32": "int32", "int64": "int64", "bool": "bool"}.get(name, name)
+    name = str(dtype).split(".")[-1].upper()
+    return TRT_DTYPES.get(name, name.lower())
 
 
 def _parse(backend: TrtBackend, onnx_path: Path):

@@ -10,6 +10,8 @@ from typing import Any
 
 import torch
 
+from runtime.contract import RANDOM_WEIGHTS
+
 from .parts import VisionParts, vision_parts
 from .specs import SPECS, llava_config, spec_for
 from .tiny import TINY_NAME, TINY_VERSIONS, ensure_tiny_checkpoint
@@ -146,7 +148,7 @@ def _random_vision(name: str, seed: int) -> LoadedModel:
     if next_model:  # LLaVA-NeXT's init: randn / sqrt(hidden)
         hidden = config.text_config.hidden_size
         newline = torch.randn(hidden) / hidden**0.5
-    return LoadedModel(spec.alias, "random-weights", None, config, VisionParts(tower, projector, config),
+    return LoadedModel(spec.alias, RANDOM_WEIGHTS, None, config, VisionParts(tower, projector, config),
                        image_newline=newline)
 
 

@@ -9,6 +9,8 @@ from pathlib import Path
 
 import torch
 
+from runtime.contract import RANDOM_WEIGHTS
+
 from .loading import CheckpointError, LoadedModel, ModelNotFound
 
 DEFAULT_CLIP = "openai/clip-vit-large-patch14-336"
@@ -40,7 +42,7 @@ def resolve_text_tower(loaded: LoadedModel, override: str | None = None) -> Path
     )
 
 
-RANDOM_SOURCE = "random-weights"
+RANDOM_SOURCE = RANDOM_WEIGHTS  # text.source of a random-weight build
 RANDOM_TEXT_SEED = 2  # offset from the model seed; the visual projection uses 1
 
 
@@ -106,7 +108,7 @@ def load_visual_projection(loaded: LoadedModel, override: str | None = None, see
     """The CLIP `visual_projection` (vision hidden -> joint embedding space), from the same
     checkpoint `resolve_text_tower` gives the text tower, so image and prompt embeddings share
     one space."""
-    if loaded.source == "random-weights" and override is None:
+    if loaded.source == RANDOM_WEIGHTS and override is None:
         vc = loaded.config.vision_config
         with torch.random.fork_rng(devices=[]):  # deterministic whatever ran before
             torch.manual_seed(seed + 1)

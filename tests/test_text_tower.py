@@ -12,7 +12,7 @@ import torch
 
 from fakes.configs import engine_config
 from runtime.backends import provider
-from runtime.contract import EngineDir, TensorSpec
+from runtime.contract import EngineDir, TensorSpec, to_json
 from runtime.errors import UserError
 from runtime.text_embeds import TextEmbedder, chunk_ids
 
@@ -28,7 +28,7 @@ def text_dir(tiny, tmp_path_factory):
 
     root = tmp_path_factory.mktemp("text")
     section = export_text_tower(tiny, root)
-    return EngineDir(Path(root), engine_config(text=section))
+    return EngineDir(Path(root), engine_config(text=to_json(section)))
 
 
 @pytest.fixture(scope="module")

@@ -10,14 +10,13 @@ from typing import Any
 
 import numpy as np
 
-from ..contract import EngineDir, Tensors
+from ..contract import TRT_DTYPES, EngineDir, Tensors
 from ..errors import EngineDirError, UserError
 from ..optional import load_tensorrt
 from . import cuda
 from .base import StepDecoder, TextBackend, VisionBackend, VisionOutput
 
 NAME = "tensorrt"
-_DTYPES = {"HALF": "float16", "FLOAT": "float32", "INT64": "int64", "INT32": "int32", "BOOL": "bool", "INT8": "int8"}
 
 
 def _library(engine: EngineDir):
@@ -62,7 +61,7 @@ class TrtEngine:
         self.outputs = [n for n in self.names if self.engine.get_tensor_mode(n) == trt.TensorIOMode.OUTPUT]
 
     def dtype(self, name: str) -> str:
-        return _DTYPES[str(self.engine.get_tensor_dtype(name)).split(".")[-1].upper()]
+        return TRT_DTYPES[str(self.engine.get_tensor_dtype(name)).split(".")[-1].upper()]
 
     def set_profile(self, index: int) -> None:
         if index != self.profile and self.engine.num_optimization_profiles > index:

@@ -12,7 +12,7 @@ from .engine_dir import (
     sha256_file,
     write_config,
 )
-from .names import CONFIG_FILE, FORMAT, FORMAT_VERSION, OLDEST_READABLE, Files, Tensors
+from .names import CONFIG_FILE, FORMAT, FORMAT_VERSION, OLDEST_READABLE, RANDOM_WEIGHTS, TRT_DTYPES, Files, Tensors
 from .schema import SchemaError, parse, to_json
 from .sections import (
     AnyresSection,
@@ -35,7 +35,7 @@ from .sections import (
 )
 
 __all__ = [
-    "CONFIG_FILE", "FORMAT", "FORMAT_VERSION", "OLDEST_READABLE", "AnyresSection", "Artifact", "DecoderSection",
+    "CONFIG_FILE", "FORMAT", "FORMAT_VERSION", "OLDEST_READABLE", "RANDOM_WEIGHTS", "TRT_DTYPES", "AnyresSection", "Artifact", "DecoderSection",
     "EngineConfig", "EngineDir", "EngineSection", "Files", "LayoutSpec", "ModelSection", "PluginBranch",
     "PluginSection", "PreprocessSection", "PruningSection", "SchemaError", "TensorSpec", "Tensors", "TextSection",
     "TokenIds", "ViewBudget", "VisionSection", "artifact_records", "check_format", "inside", "is_engine_dir",

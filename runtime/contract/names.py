@@ -10,6 +10,11 @@ FORMAT_VERSION = 2
 OLDEST_READABLE = 2
 
 CONFIG_FILE = "config.json"
+# model.source / decoder.weights / text.source of a shape-exact random-weight build
+RANDOM_WEIGHTS = "random-weights"
+# TensorRT DataType names -> numpy dtype names (both TensorRT flavours)
+TRT_DTYPES = {"FLOAT": "float32", "HALF": "float16", "BF16": "bfloat16", "INT64": "int64", "INT32": "int32",
+              "INT8": "int8", "UINT8": "uint8", "BOOL": "bool", "INT4": "int4", "FP8": "float8"}
 
 
 class Files:

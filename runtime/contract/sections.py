@@ -6,6 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from .names import RANDOM_WEIGHTS
 from .schema import SchemaError
 
 
@@ -211,7 +212,7 @@ class DecoderSection:
 
     @property
     def random_weights(self) -> bool:
-        return self.weights == "random-weights"
+        return self.weights == RANDOM_WEIGHTS
 
 
 @dataclass(frozen=True)
