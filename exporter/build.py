@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .decoder_options import calibration_embeddings, choose_kv_cache, quant_spec
 from .engine_dir import check_output_target, staged_output, write_config
 from .errors import UserError
 
@@ -33,6 +34,14 @@ class BuildOptions:
     decoder: bool = True
     max_input_len: int | None = None  # None: 1024; anyres: max(1024, image tokens + 512)
     max_output_len: int = 256
+    quantize: str = "none"  # none | int8 | int4 (decoder weights only)
+    group_size: int = 128  # int4 block of input channels: 128 | 64
+    calibration: str = "rtn"  # rtn | awq
+    calib_images: Path | None = None
+    calib_prompts: Path | None = None
+    quantize_lm_head: bool = False
+    kv_cache: str | None = None  # inplace | concat | None = inplace where the backend can build it
+    target: str | None = None  # orin-nano | orin-nx | agx-orin: warn when the engines will not fit
     command: str = ""
 
 
@@ -236,7 +245,15 @@ def build(options: BuildOptions) -> Path:
     if options.max_batch < 1:
         raise UserError(f"--max-batch must be at least 1, got {options.max_batch}")
     check_output_target(options.out)
+    quant, calib_images, calib_prompts = quant_spec(options)
+    if options.target is not None:
+        from .memory_budget import module_for
+
+        module_for(options.target)  # unknown names fail before any work
     backend, engine_reason = _resolve_backend(options.backend)
+    kv_cache, kv_note = choose_kv_cache(options, backend)
+    if kv_note:
+        _say(kv_note)
     loaded = _load(options)
     plan = _anyres_plan(options, loaded)
     cfg = plan.config if plan is not None else _prune_config(options, loaded)
@@ -284,10 +301,15 @@ def build(options: BuildOptions) -> Path:
         decoder_section = None
         decoder_module = _decoder_module() if options.decoder else None
         if decoder_module is not None:
+            calibration = calibration_embeddings(options, loaded, plan, work, {"vision": vision_section, "text": text_section},
+                                       quant, calib_images, calib_prompts, _visual_tokens(plan, cfg))
+            if quant.enabled:
+                _say(f"quantizing the decoder's linear layers to {quant.scheme} ({quant.calibration}"
+                     + (f", group {quant.group_size}" if quant.scheme == "int4" else "") + ")")
             decoder_section = decoder_module.export_decoder(
                 loaded, work, precision=options.precision, max_batch=options.max_batch,
                 max_input_len=_max_input_len(options, plan, cfg), max_output_len=options.max_output_len,
-                visual_tokens=_visual_tokens(plan, cfg),
+                visual_tokens=_visual_tokens(plan, cfg), kv_cache=kv_cache, quant=quant, calibration=calibration,
             )
 
         engine_section = {"backend": None, "version": None, "built": False, "reason": engine_reason}
@@ -304,6 +326,11 @@ def build(options: BuildOptions) -> Path:
                     backend, work, decoder_section, timing_cache=work / TIMING_CACHE
                 )
 
+        if options.target is not None:
+            from .memory_budget import warn_if_too_big
+
+            warn_if_too_big(work, {"vision": vision_section, "text": text_section, "decoder": decoder_section,
+                                   "max_batch": options.max_batch}, options.target, _say)
         write_config(work, {
             "command": options.command,
             "model": loaded.describe(),

@@ -78,9 +78,13 @@ class TrtEngine:
             self.context.set_optimization_profile_async(index, self.stream.cuda_stream)
             self.profile = index
 
-    def run(self, feeds: dict[str, Any], outputs: list[str] | None = None) -> dict[str, Any]:
+    def run(self, feeds: dict[str, Any], outputs: list[str] | None = None,
+            aliases: dict[str, Any] | None = None) -> dict[str, Any]:
         """Feeds are numpy arrays or CUDA tensors; outputs come back as numpy unless they are
-        KV-cache tensors that the caller asked to keep on the GPU (names starting 'present')."""
+        KV-cache tensors that the caller asked to keep on the GPU (names starting 'present').
+        `aliases`: outputs written into the given CUDA tensor (an in-place KV cache binds each
+        present.* output to its past_key_values.* input buffer) instead of a new one."""
+        aliases = aliases or {}
         torch = self.torch
         keep: dict[str, Any] = {}
         for name, value in feeds.items():
@@ -96,7 +100,7 @@ class TrtEngine:
                 continue
             shape = tuple(self.context.get_tensor_shape(name))
             dtype = getattr(torch, self.input_dtype(name))
-            out = torch.empty(shape, dtype=dtype, device="cuda")
+            out = aliases[name] if name in aliases else torch.empty(shape, dtype=dtype, device="cuda")
             self.context.set_tensor_address(name, out.data_ptr())
             results[name] = out
         if not self.context.execute_async_v3(self.stream.cuda_stream):
