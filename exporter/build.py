@@ -310,6 +310,7 @@ def build(options: BuildOptions) -> Path:
                 loaded, work, precision=options.precision, max_batch=options.max_batch,
                 max_input_len=_max_input_len(options, plan, cfg), max_output_len=options.max_output_len,
                 visual_tokens=_visual_tokens(plan, cfg), kv_cache=kv_cache, quant=quant, calibration=calibration,
+                partial_int4_blocks=backend is None,
             )
 
         engine_section = {"backend": None, "version": None, "built": False, "reason": engine_reason}

@@ -81,10 +81,12 @@ def profiles(section: dict[str, Any]) -> list[dict[str, tuple]]:
 def export_decoder(loaded, workdir: Path, *, precision: str, max_batch: int, max_input_len: int,
                    max_output_len: int, visual_tokens: int, seed: int = 0, progress: bool = True,
                    kv_cache: str = "inplace", quant: QuantSpec | None = None,
-                   calibration: list[torch.Tensor] | None = None) -> dict:
+                   calibration: list[torch.Tensor] | None = None, partial_int4_blocks: bool = False) -> dict:
     """Write decoder.onnx (+ decoder.onnx.data) into workdir and return the config.json section.
     `quant`: weight-only int8/int4 (None or scheme none: fp weights); `calibration`: AWQ's input
-    embedding sequences (exporter.calibration), required when quant.calibration is awq."""
+    embedding sequences (exporter.calibration), required when quant.calibration is awq.
+    `partial_int4_blocks`: allow an input dimension that the int4 group does not divide (a shorter
+    last block: ONNX Runtime runs it, TensorRT's parser rejects it)."""
     quant = quant or QuantSpec()
     if kv_cache not in KV_CACHES:
         raise UserError(f"--kv-cache must be one of {', '.join(KV_CACHES)}, got {kv_cache!r}")
@@ -100,9 +102,14 @@ def export_decoder(loaded, workdir: Path, *, precision: str, max_batch: int, max
     if getattr(text_config, "model_type", "llama") not in ("llama", "mistral"):
         raise UserError(f"decoder export supports LLaMA-family language models, not {text_config.model_type!r}")
     shape = _shape(text_config, precision)
-    model = language_model(loaded, precision, seed)
-    from models.random_language import language_parts
+    from models.random_language import LazyRandomLanguage, language_parts
 
+    lazy = None  # random weights: drawn part by part while they stream out, never the whole model
+    if loaded.model is None and getattr(loaded, "language", None) is None:
+        lazy = LazyRandomLanguage(text_config, torch.float16 if precision == "fp16" else torch.float32, seed)
+        model = lazy.model
+    else:
+        model = language_model(loaded, precision, seed)
     language, head = language_parts(model)
     if any(getattr(m, "bias", None) is not None for m in language.layers[0].modules()
            if isinstance(m, torch.nn.Linear)):
@@ -111,7 +118,8 @@ def export_decoder(loaded, workdir: Path, *, precision: str, max_batch: int, max
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
 
-    _check_group_size(shape, text_config, quant)
+    if not partial_int4_blocks:
+        _check_group_size(shape, text_config, quant)
     awq_reports: list[dict] = []
     feeder = None
     if quant.enabled and quant.calibration == "awq":
@@ -120,6 +128,9 @@ def export_decoder(loaded, workdir: Path, *, precision: str, max_batch: int, max
         feeder = LayerFeeder(language, calibration)
 
     def layer(i: int) -> dict[str, torch.Tensor]:
+        if lazy is not None:
+            lazy.release(language.layers[i - 1] if i else language.embed_tokens)
+            lazy.materialize(language.layers[i])
         weights = dict(language.layers[i].named_parameters())
         if feeder is None:
             return weights
@@ -135,9 +146,19 @@ def export_decoder(loaded, workdir: Path, *, precision: str, max_batch: int, max
 
         steps = tqdm(steps, desc="decoder.onnx", unit="layer", leave=False)
     max_seq = max_input_len + max_output_len
+    def head_weight() -> torch.Tensor:
+        if lazy is not None:
+            lazy.release(language.layers[shape.layers - 1])
+            lazy.materialize(language.norm)
+            lazy.materialize(head)
+        return head.weight
+
+    if lazy is not None:
+        lazy.materialize(language.embed_tokens)
+        lazy.materialize(language.norm)  # ones: draws nothing from the generator
     with torch.no_grad():
         opset, ir_version = build_decoder_onnx(
-            shape, language.embed_tokens.weight, layer, language.norm.weight, head.weight,
+            shape, language.embed_tokens.weight, layer, language.norm.weight, head_weight,
             rotary.inv_freq, float(getattr(rotary, "attention_scaling", 1.0)), workdir / ONNX_NAME, steps,
             kv_cache=kv_cache, max_seq=max_seq, quant=quant if quant.enabled else None,
             quantize_lm_head=quant.lm_head)
@@ -214,8 +235,8 @@ def export_decoder(loaded, workdir: Path, *, precision: str, max_batch: int, max
 
 
 def _check_group_size(shape: DecoderShape, text_config, quant: QuantSpec) -> None:
-    """int4 blocks must tile every quantized input dimension (TensorRT and ONNX Runtime's
-    fused kernels need whole blocks)."""
+    """int4 blocks must tile every quantized input dimension for TensorRT ("The quantization axis
+    must divide into whole blocks", checked with TensorRT-RTX's parser)."""
     if quant.scheme != "int4":
         return
     dims = {"hidden_size": shape.hidden, "intermediate_size": text_config.intermediate_size,
@@ -223,7 +244,8 @@ def _check_group_size(shape: DecoderShape, text_config, quant: QuantSpec) -> Non
     bad = {k: v for k, v in dims.items() if v % quant.group_size}
     if bad:
         raise UserError(f"--group-size {quant.group_size} does not divide the model's "
-                        + ", ".join(f"{k} {v}" for k, v in bad.items()) + "; use --group-size 64 or --quantize int8")
+                        + ", ".join(f"{k} {v}" for k, v in bad.items()) + ", and TensorRT needs whole blocks: use another "
+                        "--group-size, --quantize int8, or --backend onnx (ONNX Runtime takes a shorter last block)")
 
 
 def build_decoder_engine(backend, workdir: Path, section: dict, *, timing_cache: Path | None) -> dict:

@@ -201,7 +201,7 @@ def build_decoder_onnx(
     embed: torch.Tensor,
     layer_weights: Callable[[int], dict[str, torch.Tensor]],
     final_norm: torch.Tensor,
-    lm_head: torch.Tensor,
+    lm_head: torch.Tensor | Callable[[], torch.Tensor],
     inv_freq: torch.Tensor,
     attention_scaling: float,
     onnx_path: Path,
@@ -220,7 +220,8 @@ def build_decoder_onnx(
     kv_cache "inplace": past_key_values.* are preallocated (B, kv, max_seq, d) buffers; the step's
     keys/values are written at position T - S (T = attention_mask length) by TensorScatter, whose
     output is the graph output present.* (bind it to the same buffer: nothing else is copied), and
-    attention reads its first T positions. `quant`: an enabled exporter.quantize.QuantSpec or None."""
+    attention reads its first T positions. `quant`: an enabled exporter.quantize.QuantSpec or None.
+    `lm_head` may be a callable, called after the last layer (lazily materialised weights)."""
     if kv_cache not in KV_CACHES:
         raise ValueError(f"kv_cache must be one of {KV_CACHES}")
     if kv_cache == "inplace" and not max_seq:
@@ -317,7 +318,8 @@ def build_decoder_onnx(
         last = g.op("Slice", h, g.const([-1]), g.const([np.iinfo(np.int64).max]), g.const([1]))
         last = g.op("Reshape", last, g.const([0, shape.hidden]))
         norm_w = weights.add("norm.weight", _np(final_norm, shape.dtype))
-        logits = _linear(g, _rms_norm(g, last, norm_w, shape.eps, dt), "lm_head.weight", lm_head, shape.dtype,
+        head = lm_head() if callable(lm_head) else lm_head  # a callable: materialised only now
+        logits = _linear(g, _rms_norm(g, last, norm_w, shape.eps, dt), "lm_head.weight", head, shape.dtype,
                          quant if quantize_lm_head else None)
         g.nodes.append(helper.make_node("Cast", [logits], ["logits"], to=TensorProto.FLOAT)
                        if dt != TensorProto.FLOAT else helper.make_node("Identity", [logits], ["logits"]))

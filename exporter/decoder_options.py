@@ -88,6 +88,15 @@ def calibration_embeddings(options, loaded, plan, work: Path, sections: dict, sp
                     "tokens": {"eos_token_id": getattr(text_config, "eos_token_id", None),
                                "pad_token_id": getattr(loaded.config, "pad_token_id", None)}}
     config = {**sections, "decoder": decoder_stub, "model": loaded.describe()}
-    language, _ = language_parts(language_model(loaded, options.precision))
+    if loaded.model is None and getattr(loaded, "language", None) is None:  # random weights: embeddings only
+        from models.random_language import LazyRandomLanguage
+
+        import torch
+
+        lazy = LazyRandomLanguage(text_config, torch.float16 if options.precision == "fp16" else torch.float32)
+        language, _ = language_parts(lazy.model)
+        lazy.materialize(language.embed_tokens)  # drawn first: the same values export_decoder draws
+    else:
+        language, _ = language_parts(language_model(loaded, options.precision))
     _say(f"AWQ calibration on {len(images)} image(s) through the vision graph")
     return calibration_embeds(work, config, images, prompts, language.embed_tokens)

@@ -74,15 +74,18 @@ def _safe(amax: np.ndarray, qmax: int, dtype: str) -> np.ndarray:
 
 
 def quantize_int4(w: np.ndarray, group_size: int, dtype: str = "float16") -> tuple[np.ndarray, np.ndarray]:
-    """w (K, N) float -> (q (K, N) int8 in [-8, 7], scale (K / group, N) in `dtype`)."""
+    """w (K, N) float -> (q (K, N) int8 in [-8, 7], scale (ceil(K / group), N) in `dtype`).
+    A K that is not a multiple of the group ends with a shorter block (ONNX's blocked
+    DequantizeLinear allows it)."""
     k, n = w.shape
-    if k % group_size:
-        raise ValueError(f"input dimension {k} is not a multiple of the int4 group size {group_size}")
     w = np.asarray(w, np.float32)
-    blocks = w.reshape(k // group_size, group_size, n)
+    blocks_n = -(-k // group_size)
+    if blocks_n * group_size != k:
+        w = np.concatenate([w, np.zeros((blocks_n * group_size - k, n), np.float32)])
+    blocks = w.reshape(blocks_n, group_size, n)
     scale = _safe(np.abs(blocks).max(axis=1), INT4_MAX, dtype)
     q = np.rint(blocks / scale.astype(np.float32)[:, None, :])
-    return np.clip(q, -8, INT4_MAX).astype(np.int8).reshape(k, n), scale
+    return np.clip(q, -8, INT4_MAX).astype(np.int8).reshape(-1, n)[:k], scale
 
 
 def quantize_int8(w: np.ndarray, dtype: str = "float16") -> tuple[np.ndarray, np.ndarray]:
@@ -97,7 +100,7 @@ def dequantize(q: np.ndarray, scale: np.ndarray, scheme: str, group_size: int = 
     """The float32 weight (K, N) the graph's DequantizeLinear computes (before its cast)."""
     s = scale.astype(np.float32)
     if scheme == "int4":
-        return q.astype(np.float32) * np.repeat(s, group_size, axis=0)
+        return q.astype(np.float32) * np.repeat(s, group_size, axis=0)[: q.shape[0]]
     return q.astype(np.float32) * s[None, :]
 
 

@@ -199,3 +199,19 @@ def test_inplace_cache_with_grouped_query_attention_and_awq_int4(tmp_path):
     assert errors["awq_output_sq_error"] <= errors["rtn_output_sq_error"]
     tokens, _ = _generate(_decoder(work, section), section, 8)
     assert tokens.shape == (2, 8)
+
+
+def test_random_weights_stream_lazily_with_the_eager_models_values(tmp_path):
+    """--random-weights decoders draw each part as it is written (LazyRandomLanguage): the
+    file is byte-identical to exporting the fully built random model."""
+    from transformers import LlamaConfig
+
+    from models.random_language import build_random_language
+
+    cfg = LlamaConfig(vocab_size=300, hidden_size=128, intermediate_size=256, num_hidden_layers=3,
+                      num_attention_heads=4, num_key_value_heads=4)
+    eager = SimpleNamespace(model=build_random_language(cfg, torch.float16, seed=0), config=SimpleNamespace(text_config=cfg))
+    lazy = SimpleNamespace(model=None, config=SimpleNamespace(text_config=cfg))
+    for name, loaded in (("eager", eager), ("lazy", lazy)):
+        _export(loaded, tmp_path, name, precision="fp16", quant=QuantSpec("int4", 64))
+    assert (tmp_path / "lazy" / "decoder.onnx.data").read_bytes() == (tmp_path / "eager" / "decoder.onnx.data").read_bytes()

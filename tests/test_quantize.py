@@ -145,3 +145,13 @@ def test_awq_scaling_is_exact_before_rounding():
     before = before[0] if isinstance(before, tuple) else before
     after = after[0] if isinstance(after, tuple) else after
     torch.testing.assert_close(after, before, atol=1e-5, rtol=1e-5)
+
+
+def test_int4_shorter_last_block():
+    """K = 160 with groups of 64: blocks of 64, 64 and 32 rows (ONNX Runtime only; TensorRT
+    needs whole blocks and the export refuses it for engines)."""
+    w = np.random.default_rng(3).standard_normal((160, 5)).astype(np.float32)
+    q, scale = quantize_int4(w, 64, "float32")
+    assert q.shape == (160, 5) and scale.shape == (3, 5)
+    np.testing.assert_allclose(scale[2], np.abs(w[128:]).max(axis=0) / 7, rtol=1e-6)
+    assert np.all(np.abs(dequantize(q, scale, "int4", 64) - w) <= np.repeat(scale, 64, axis=0)[:160] / 2 + 1e-6)
