@@ -27,6 +27,7 @@ from runtime.contract import (
 )
 from runtime.errors import UserError
 
+from .decoder_options import calibration_embeddings, choose_kv_cache, quant_spec
 from .engine_dir import check_output_target, staged_output
 
 
@@ -47,6 +48,14 @@ class BuildOptions:
     decoder: bool = True
     max_input_len: int | None = None  # None: 1024; anyres: max(1024, image tokens + 512)
     max_output_len: int = 256
+    quantize: str = "none"  # none | int8 | int4 (decoder weights only)
+    group_size: int = 128  # int4 block of input channels: 128 | 64
+    calibration: str = "rtn"  # rtn | awq
+    calib_images: Path | None = None
+    calib_prompts: Path | None = None
+    quantize_lm_head: bool = False
+    kv_cache: str | None = None  # inplace | concat | None = inplace where the backend can build it
+    target: str | None = None  # orin-nano | orin-nx | agx-orin: warn when the engines will not fit
     command: str = ""
 
 
@@ -253,7 +262,15 @@ def build(options: BuildOptions) -> Path:
     if options.max_batch < 1:
         raise UserError(f"--max-batch must be at least 1, got {options.max_batch}")
     check_output_target(options.out)
+    quant, calib_images, calib_prompts = quant_spec(options)
+    if options.target is not None:
+        from .memory_budget import module_for
+
+        module_for(options.target)  # unknown names fail before any work
     backend, engine_reason = _resolve_backend(options.backend)
+    kv_cache, kv_note = choose_kv_cache(options, backend)
+    if kv_note:
+        _say(kv_note)
     loaded = _load(options)
     processor = _processor(loaded)
     plan = _anyres_plan(options, loaded)
@@ -268,10 +285,16 @@ def build(options: BuildOptions) -> Path:
         decoder_module = _decoder_module() if options.decoder else None
         decoder = None
         if decoder_module is not None:
+            calibration = calibration_embeddings(options, loaded, plan, work, vision, text, quant, calib_images,
+                                                 calib_prompts)
+            if quant.enabled:
+                _say(f"quantizing the decoder's linear layers to {quant.scheme} ({quant.calibration}"
+                     + (f", group {quant.group_size}" if quant.scheme == "int4" else "") + ")")
             decoder = decoder_module.export_decoder(
                 loaded, work, precision=options.precision, max_batch=options.max_batch,
                 max_input_len=_max_input_len(options, plan, cfg), max_output_len=options.max_output_len,
-                visual_tokens=_visual_tokens(plan, cfg),
+                visual_tokens=_visual_tokens(plan, cfg), kv_cache=kv_cache, quant=quant, calibration=calibration,
+                partial_int4_blocks=backend is None,
             )
         engine = EngineSection(None, None, False, engine_reason)
         if backend is not None:
@@ -284,7 +307,7 @@ def build(options: BuildOptions) -> Path:
             if decoder is not None:
                 decoder = decoder_module.build_decoder_engine(backend, work, decoder,
                                                               timing_cache=work / Files.TIMING_CACHE)
-        write_config(work, EngineConfig(
+        config = EngineConfig(
             format="", format_version=0, artifacts={},  # stamped by write_config
             command=options.command,
             model=parse(ModelSection, loaded.describe(), "model"),
@@ -296,7 +319,12 @@ def build(options: BuildOptions) -> Path:
             engine=engine,
             versions=versions(backend),
             build_seconds=round(time.time() - started, 1),
-        ))
+        )
+        if options.target is not None:
+            from .memory_budget import warn_if_too_big
+
+            warn_if_too_big(work, config, options.target, _say)
+        write_config(work, config)
     if not engine.built:
         _say(f"no engine was built: {engine_reason}")
     _say(f"wrote {options.out}")

@@ -55,6 +55,20 @@ def make_parser() -> argparse.ArgumentParser:
                    help="decoder prompt limit incl. image tokens (default 1024; LLaVA-NeXT: "
                         "max(1024, image tokens + 512))")
     b.add_argument("--max-output-len", type=int, default=256)
+    b.add_argument("--quantize", default="none", choices=("none", "int8", "int4"),
+                   help="decoder weights (weight-only; activations stay fp16): int8 per output channel, "
+                        "int4 per block of input channels")
+    b.add_argument("--group-size", type=int, default=128, choices=(128, 64), help="int4 block size")
+    b.add_argument("--calibration", default="rtn", choices=("rtn", "awq"),
+                   help="rtn: round to nearest; awq: activation-aware scales (needs --calib-images)")
+    b.add_argument("--calib-images", type=Path, metavar="DIR", help="AWQ calibration images")
+    b.add_argument("--calib-prompts", type=Path, metavar="FILE", help="AWQ calibration prompts, one per line")
+    b.add_argument("--quantize-lm-head", action="store_true", help="quantize lm_head too (default: fp16)")
+    b.add_argument("--kv-cache", choices=("inplace", "concat"),
+                   help="decoder KV cache: inplace (preallocated, updated in place; default) or concat "
+                        "(default with TensorRT < 10.15)")
+    b.add_argument("--target", choices=("orin-nano", "orin-nx", "agx-orin"),
+                   help="warn when the engines will not fit this Jetson module")
     b.add_argument("--out", type=Path, help="engine directory (default: engines/<model>-<method>-k<K>)")
 
     i = sub.add_parser("inspect", help="print an engine directory's configuration")
@@ -74,6 +88,9 @@ def _build(args) -> int:
         backend=args.backend, selector=args.selector, debug_scores=args.debug_scores,
         text_tower=args.text_tower, params=dict(args.param), decoder=not args.no_decoder,
         max_input_len=args.max_input_len, max_output_len=args.max_output_len,
+        quantize=args.quantize, group_size=args.group_size, calibration=args.calibration,
+        calib_images=args.calib_images, calib_prompts=args.calib_prompts, quantize_lm_head=args.quantize_lm_head,
+        kv_cache=args.kv_cache, target=args.target,
         command=shlex.join(["python", "-m", "exporter", *sys.argv[1:]]),
     ))
     print(out)
@@ -106,11 +123,24 @@ def _inspect(args) -> int:
         print(f"text       {text.onnx}{' + ' + text.engine if text.engine else ''}  "
               f"{ids.name} {ids.shape} {ids.dtype} -> {embeds.name} {embeds.shape} {embeds.dtype}  "
               f"(up to {text.max_chunks} chunks, averaged)")
-    decoder = config.decoder
-    print(f"decoder    {f'{decoder.num_layers} layers, {decoder.dtype}, K={decoder.visual_tokens}' if decoder else 'no'}")
+    print(f"decoder    {_decoder_line(config.decoder)}")
+    if config.decoder is not None:
+        from .memory_budget import lines
+
+        print("\n".join(lines(args.dir, config)))
     for name, artifact in config.artifacts.items():
         print(f"artifact   {name}  {artifact.bytes} bytes  sha256:{artifact.sha256[:16]}")
     return 0
+
+
+def _decoder_line(dec) -> str:
+    if dec is None:
+        return "no"
+    q = dec.quantization or {"scheme": "none"}
+    weights = q["scheme"] if q["scheme"] == "none" else \
+        f"{q['scheme']}" + (f" g{q['group_size']}" if q.get("group_size") else "") + f" {q['calibration']['method']}"
+    return (f"{dec.num_layers} layers, {dec.dtype}, K={dec.visual_tokens}  weights {weights}  KV cache {dec.kv_cache}  "
+            f"max {dec.max_batch} x {dec.max_seq_len} tokens  opset {dec.onnx_opset}")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -11,14 +11,14 @@ from typing import Any
 
 import torch
 
-from .decoder_graph import DecoderShape, build_decoder_onnx, io_names
+from .decoder_graph import KV_CACHES, DecoderShape, build_decoder_onnx, io_names
 from .errors import UserError
+from .quantize import QuantSpec
 
 DEFAULT_MAX_INPUT_LEN = 1024  # tokens incl. the K image positions: 576 + a long prompt fits
 DEFAULT_MAX_OUTPUT_LEN = 256
 ONNX_NAME = "decoder.onnx"
 ENGINE_NAME = "decoder.engine"
-CHAT_FORMAT = "USER: <image>\n{prompt} ASSISTANT:"
 
 
 def language_model(loaded, precision: str, seed: int = 0):
@@ -54,6 +54,7 @@ def profiles(section: dict[str, Any]) -> list[dict[str, tuple]]:
     rows = max(1, b * k)
     ob = 1
     past_names, _ = io_names(section["num_layers"])
+    inplace = section.get("kv_cache") == "inplace"  # the cache is always (B, kv, max_seq, d)
 
     def common(seq, total, past, table):
         shapes = {
@@ -65,7 +66,7 @@ def profiles(section: dict[str, Any]) -> list[dict[str, tuple]]:
             "prompt_vocab_size": ((1,), (1,), (1,)),
         }
         for n in past_names:
-            shapes[n] = tuple((x, kv, p, d) for x, p in past)
+            shapes[n] = tuple((x, kv, t_max if inplace else p, d) for x, p in past)
         return shapes
 
     opt_s = min(s_max, k + 64)
@@ -77,8 +78,19 @@ def profiles(section: dict[str, Any]) -> list[dict[str, tuple]]:
 
 
 def export_decoder(loaded, workdir: Path, *, precision: str, max_batch: int, max_input_len: int,
-                   max_output_len: int, visual_tokens: int, seed: int = 0, progress: bool = True) -> dict:
-    """Write decoder.onnx (+ decoder.onnx.data) into workdir and return the config.json section."""
+                   max_output_len: int, visual_tokens: int, seed: int = 0, progress: bool = True,
+                   kv_cache: str = "inplace", quant: QuantSpec | None = None,
+                   calibration: list[torch.Tensor] | None = None, partial_int4_blocks: bool = False) -> dict:
+    """Write decoder.onnx (+ decoder.onnx.data) into workdir and return the config.json section.
+    `quant`: weight-only int8/int4 (None or scheme none: fp weights); `calibration`: AWQ's input
+    embedding sequences (exporter.calibration), required when quant.calibration is awq.
+    `partial_int4_blocks`: allow an input dimension that the int4 group does not divide (a shorter
+    last block: ONNX Runtime runs it, TensorRT's parser rejects it)."""
+    quant = quant or QuantSpec()
+    if kv_cache not in KV_CACHES:
+        raise UserError(f"--kv-cache must be one of {', '.join(KV_CACHES)}, got {kv_cache!r}")
+    if quant.calibration == "awq" and quant.enabled and not calibration:
+        raise UserError("--calibration awq needs calibration data: pass --calib-images DIR")
     if precision not in ("fp16", "fp32"):
         raise UserError(f"precision must be fp16 or fp32, got {precision!r}")
     if max_input_len <= visual_tokens:
@@ -89,9 +101,14 @@ def export_decoder(loaded, workdir: Path, *, precision: str, max_batch: int, max
     if getattr(text_config, "model_type", "llama") not in ("llama", "mistral"):
         raise UserError(f"decoder export supports LLaMA-family language models, not {text_config.model_type!r}")
     shape = _shape(text_config, precision)
-    model = language_model(loaded, precision, seed)
-    from models.random_language import language_parts
+    from models.random_language import LazyRandomLanguage, language_parts
 
+    lazy = None  # random weights: drawn part by part while they stream out, never the whole model
+    if loaded.model is None and getattr(loaded, "language", None) is None:
+        lazy = LazyRandomLanguage(text_config, torch.float16 if precision == "fp16" else torch.float32, seed)
+        model = lazy.model
+    else:
+        model = language_model(loaded, precision, seed)
     language, head = language_parts(model)
     if any(getattr(m, "bias", None) is not None for m in language.layers[0].modules()
            if isinstance(m, torch.nn.Linear)):
@@ -100,19 +117,58 @@ def export_decoder(loaded, workdir: Path, *, precision: str, max_batch: int, max
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
 
+    if not partial_int4_blocks:
+        _check_group_size(shape, text_config, quant)
+    awq_reports: list[dict] = []
+    feeder = None
+    if quant.enabled and quant.calibration == "awq":
+        from .calibration import LayerFeeder
+
+        feeder = LayerFeeder(language, calibration)
+
     def layer(i: int) -> dict[str, torch.Tensor]:
-        return dict(language.layers[i].named_parameters())
+        if lazy is not None:
+            lazy.release(language.layers[i - 1] if i else language.embed_tokens)
+            lazy.materialize(language.layers[i])
+        weights = dict(language.layers[i].named_parameters())
+        if feeder is None:
+            return weights
+        from .awq import apply_awq
+
+        scaled, report = apply_awq(weights, feeder.capture(i), quant, gqa=shape.kv_heads != shape.heads)
+        awq_reports.append(report)
+        return scaled
 
     steps = range(shape.layers)
     if progress:
         from tqdm import tqdm
 
         steps = tqdm(steps, desc="decoder.onnx", unit="layer", leave=False)
+    max_seq = max_input_len + max_output_len
+    def head_weight() -> torch.Tensor:
+        if lazy is not None:
+            lazy.release(language.layers[shape.layers - 1])
+            lazy.materialize(language.norm)
+            lazy.materialize(head)
+        return head.weight
+
+    if lazy is not None:
+        lazy.materialize(language.embed_tokens)
+        lazy.materialize(language.norm)  # ones: draws nothing from the generator
     with torch.no_grad():
-        build_decoder_onnx(shape, language.embed_tokens.weight, layer, language.norm.weight, head.weight,
-                           rotary.inv_freq, float(getattr(rotary, "attention_scaling", 1.0)),
-                           workdir / ONNX_NAME, steps)
+        opset, ir_version = build_decoder_onnx(
+            shape, language.embed_tokens.weight, layer, language.norm.weight, head_weight,
+            rotary.inv_freq, float(getattr(rotary, "attention_scaling", 1.0)), workdir / ONNX_NAME, steps,
+            kv_cache=kv_cache, max_seq=max_seq, quant=quant if quant.enabled else None,
+            quantize_lm_head=quant.lm_head)
     dt = shape.dtype
+    fp_tensors = ["embed_tokens", "norms"] + ([] if quant.lm_head else ["lm_head"])
+    quant_section = quant.describe(fp_tensors)
+    if awq_reports:
+        from .awq import summarize
+
+        quant_section["calibration"]["errors"] = summarize(awq_reports)
+    cache_len = max_seq if kv_cache == "inplace" else -1
     past, present = io_names(shape.layers)
     config = loaded.config
     section = {
@@ -121,11 +177,20 @@ def export_decoder(loaded, workdir: Path, *, precision: str, max_batch: int, max
         "engine": None,
         "precision": precision,
         "dtype": dt,
+        "quantization": quant_section,
+        "kv_cache": kv_cache,
+        "kv_cache_contract": ("past_key_values.* and present.* are one preallocated (batch, kv_heads, max_seq_len, "
+                              "head_dim) buffer per name, bound as both input and output; a step writes its keys "
+                              "and values at attention_mask length - input length" if kv_cache == "inplace" else
+                              "present.* = past_key_values.* with the step's keys/values appended"),
+        "onnx_opset": opset,
+        "onnx_ir_version": ir_version,
         "weights": "random-weights" if loaded.model is None else "checkpoint",
         "seed": seed if loaded.model is None else None,
         "architecture": "llama",
         "vocab_size": shape.vocab_size,
         "hidden_size": shape.hidden,
+        "intermediate_size": text_config.intermediate_size,
         "num_layers": shape.layers,
         "num_heads": shape.heads,
         "num_kv_heads": shape.kv_heads,
@@ -152,7 +217,6 @@ def export_decoder(loaded, workdir: Path, *, precision: str, max_batch: int, max
             "eos_token_id": getattr(text_config, "eos_token_id", None),
             "pad_token_id": getattr(config, "pad_token_id", None) or getattr(text_config, "pad_token_id", None),
         },
-        "chat_format": CHAT_FORMAT,
         "inputs": [
             {"name": "input_ids", "shape": [-1, -1], "dtype": "int64"},
             {"name": "prompt_embedding_table", "shape": [-1, shape.hidden], "dtype": dt},
@@ -160,12 +224,26 @@ def export_decoder(loaded, workdir: Path, *, precision: str, max_batch: int, max
             {"name": "prompt_vocab_size", "shape": [1], "dtype": "int64"},
             {"name": "position_ids", "shape": [-1, -1], "dtype": "int64"},
             {"name": "attention_mask", "shape": [-1, -1], "dtype": "int64"},
-        ] + [{"name": n, "shape": [-1, shape.kv_heads, -1, shape.head_dim], "dtype": dt} for n in past],
+        ] + [{"name": n, "shape": [-1, shape.kv_heads, cache_len, shape.head_dim], "dtype": dt} for n in past],
         "outputs": [{"name": "logits", "shape": [-1, shape.vocab_size], "dtype": "float32"}]
-        + [{"name": n, "shape": [-1, shape.kv_heads, -1, shape.head_dim], "dtype": dt} for n in present],
+        + [{"name": n, "shape": [-1, shape.kv_heads, cache_len, shape.head_dim], "dtype": dt} for n in present],
     }
     section["profiles"] = [{n: [list(s) for s in v] for n, v in p.items()} for p in profiles(section)]
     return section
+
+
+def _check_group_size(shape: DecoderShape, text_config, quant: QuantSpec) -> None:
+    """int4 blocks must tile every quantized input dimension for TensorRT ("The quantization axis
+    must divide into whole blocks", checked with TensorRT-RTX's parser)."""
+    if quant.scheme != "int4":
+        return
+    dims = {"hidden_size": shape.hidden, "intermediate_size": text_config.intermediate_size,
+            "heads * head_dim": shape.heads * shape.head_dim}
+    bad = {k: v for k, v in dims.items() if v % quant.group_size}
+    if bad:
+        raise UserError(f"--group-size {quant.group_size} does not divide the model's "
+                        + ", ".join(f"{k} {v}" for k, v in bad.items()) + ", and TensorRT needs whole blocks: use another "
+                        "--group-size, --quantize int8, or --backend onnx (ONNX Runtime takes a shorter last block)")
 
 
 def build_decoder_engine(backend, workdir: Path, section: dict, *, timing_cache: Path | None) -> dict:

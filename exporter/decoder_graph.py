@@ -18,7 +18,7 @@ import onnx
 import torch
 from onnx import TensorProto, helper
 
-OPSET = 17  # with IR 8: what TensorRT 10.3 (JetPack 6.1/6.2), RTX and ORT all accept
+KV_CACHES = ("inplace", "concat")
 _DTYPES = {"float16": TensorProto.FLOAT16, "float32": TensorProto.FLOAT}
 _ALIGN = 4096  # external-data alignment: lets runtimes mmap tensors
 
@@ -37,6 +37,19 @@ class DecoderShape:
     @property
     def onnx_dtype(self) -> int:
         return _DTYPES[self.dtype]
+
+
+def onnx_versions(kv_cache: str, quantized: bool) -> tuple[int, int]:
+    """(opset, IR version) of a decoder graph: the lowest that holds its operators, so each graph
+    stays parseable by the oldest TensorRT that can run it.
+    - concat cache, fp16/fp32 weights: opset 17 / IR 8 (TensorRT >= 10.3, JetPack 6.1/6.2);
+    - concat cache, int8/int4 weights: opset 21 / IR 10 (DequantizeLinear's block_size and the
+      INT4 type; TensorRT >= 10.0 parses them);
+    - in-place cache: opset 24 / IR 11 (TensorScatter, which TensorRT >= 10.15 and TensorRT-RTX
+      map to their KV-cache update layer, and ONNX Runtime runs in place)."""
+    if kv_cache == "inplace":
+        return 24, 11
+    return (21, 10) if quantized else (17, 8)
 
 
 class _Weights:
@@ -67,6 +80,23 @@ class _Weights:
         self.initializers.append(tensor)
         return name
 
+    def add_raw(self, name: str, data: bytes, dims: list[int], data_type: int) -> str:
+        """Pre-encoded bytes (packed INT4) with their logical dims and ONNX element type."""
+        pad = (-self.offset) % _ALIGN
+        if pad:
+            self.file.write(b"\0" * pad)
+            self.offset += pad
+        self.file.write(data)
+        tensor = TensorProto(name=name, dims=list(dims), data_type=data_type)
+        tensor.data_location = TensorProto.EXTERNAL
+        for key, value in (("location", self.path.name), ("offset", str(self.offset)),
+                           ("length", str(len(data)))):
+            entry = tensor.external_data.add()
+            entry.key, entry.value = key, value
+        self.offset += len(data)
+        self.initializers.append(tensor)
+        return name
+
     def close(self) -> None:
         self.file.close()
 
@@ -74,11 +104,17 @@ class _Weights:
 class _Graph:
     """Tiny node builder: unique names, small constants inline, big ones to external data."""
 
-    def __init__(self, weights: _Weights):
+    def __init__(self, weights: _Weights, opset: int):
         self.nodes: list[onnx.NodeProto] = []
         self.consts: list[TensorProto] = []
         self.weights = weights
+        self.opset = opset
         self._n = 0
+
+    def reduce_mean_last(self, x: str) -> str:
+        if self.opset >= 18:  # axes became an input in opset 18
+            return self.op("ReduceMean", x, self.const([-1]), keepdims=1)
+        return self.op("ReduceMean", x, axes=[-1], keepdims=1)
 
     def op(self, op_type: str, *inputs: str, n_out: int = 1, **attrs) -> str | list[str]:
         self._n += 1
@@ -104,7 +140,7 @@ def _np(t: torch.Tensor, dtype: str, transpose: bool = False) -> np.ndarray:
 def _rms_norm(g: _Graph, x: str, weight: str, eps: float, dtype: int) -> str:
     """HF LlamaRMSNorm: statistics in float32, scale applied after casting back."""
     x32 = g.op("Cast", x, to=TensorProto.FLOAT) if dtype != TensorProto.FLOAT else x
-    var = g.op("ReduceMean", g.op("Mul", x32, x32), axes=[-1], keepdims=1)
+    var = g.reduce_mean_last(g.op("Mul", x32, x32))
     inv = g.op("Reciprocal", g.op("Sqrt", g.op("Add", var, g.const(eps, np.float32))))
     y = g.op("Mul", x32, inv)
     if dtype != TensorProto.FLOAT:
@@ -134,6 +170,26 @@ def _repeat_kv(g: _Graph, x: str, kv: int, rep: int, d: int) -> str:
     return g.op("Reshape", g.op("Expand", un, target), g.const([0, kv * rep, -1, d]))
 
 
+def _linear(g: _Graph, x: str, name: str, weight: torch.Tensor, dtype: str, quant) -> str:
+    """x @ W^T for an HF (out, in) weight: a plain initializer, or (quantized) the integer
+    initializer and its scales behind DequantizeLinear (see exporter.quantize)."""
+    if quant is None:
+        return g.op("MatMul", x, g.weights.add(name, _np(weight, dtype, True)))
+    from .quantize import pack_int4, quantize_weight
+
+    w = weight.detach().float().t().contiguous().numpy()  # (in, out), float32 only for this tensor
+    q, scale = quantize_weight(w, quant, dtype)
+    del w
+    s_name = g.weights.add(name + "_scale", scale)
+    if quant.scheme == "int4":
+        q_name = g.weights.add_raw(name + "_int4", pack_int4(q), list(q.shape), TensorProto.INT4)
+        deq = g.op("DequantizeLinear", q_name, s_name, axis=0, block_size=quant.group_size)
+    else:
+        q_name = g.weights.add(name + "_int8", q)
+        deq = g.op("DequantizeLinear", q_name, s_name, axis=1)
+    return g.op("MatMul", x, deq)
+
+
 def io_names(layers: int) -> tuple[list[str], list[str]]:
     past = [f"past_key_values.{i}.{kv}" for i in range(layers) for kv in ("key", "value")]
     present = [f"present.{i}.{kv}" for i in range(layers) for kv in ("key", "value")]
@@ -145,18 +201,35 @@ def build_decoder_onnx(
     embed: torch.Tensor,
     layer_weights: Callable[[int], dict[str, torch.Tensor]],
     final_norm: torch.Tensor,
-    lm_head: torch.Tensor,
+    lm_head: torch.Tensor | Callable[[], torch.Tensor],
     inv_freq: torch.Tensor,
     attention_scaling: float,
     onnx_path: Path,
     progress: Iterable[int] | None = None,
-) -> None:
-    """Write `onnx_path` and `onnx_path.data`. `layer_weights(i)` returns layer i's tensors
-    (HF names without the `layers.i.` prefix); it is called once per layer so callers may
-    materialise layers lazily."""
+    *,
+    kv_cache: str = "concat",
+    max_seq: int | None = None,
+    quant=None,
+    quantize_lm_head: bool = False,
+) -> tuple[int, int]:
+    """Write `onnx_path` and `onnx_path.data`; returns the graph's (opset, IR version).
+    `layer_weights(i)` returns layer i's tensors (HF names without the `layers.i.` prefix); it is
+    called once per layer so callers may materialise (or AWQ-scale) layers lazily.
+
+    kv_cache "concat": past (B, kv, P, d) in, present = Concat(past, new) (B, kv, P + S, d) out.
+    kv_cache "inplace": past_key_values.* are preallocated (B, kv, max_seq, d) buffers; the step's
+    keys/values are written at position T - S (T = attention_mask length) by TensorScatter, whose
+    output is the graph output present.* (bind it to the same buffer: nothing else is copied), and
+    attention reads its first T positions. `quant`: an enabled exporter.quantize.QuantSpec or None.
+    `lm_head` may be a callable, called after the last layer (lazily materialised weights)."""
+    if kv_cache not in KV_CACHES:
+        raise ValueError(f"kv_cache must be one of {KV_CACHES}")
+    if kv_cache == "inplace" and not max_seq:
+        raise ValueError("the in-place cache needs max_seq")
+    opset, ir_version = onnx_versions(kv_cache, quant is not None)
     onnx_path = Path(onnx_path)
     weights = _Weights(onnx_path.with_name(onnx_path.name + ".data"))
-    g = _Graph(weights)
+    g = _Graph(weights, opset)
     dt, d, H, kv = shape.onnx_dtype, shape.head_dim, shape.heads, shape.kv_heads
     try:
         # ---- embedding + prompt table lookup (TensorRT-LLM PromptTuningEmbedding) ----------
@@ -191,23 +264,38 @@ def build_decoder_onnx(
         allowed = g.op("And", g.op("Unsqueeze", causal, g.const([0, 1])), keep)
         neg = g.const(np.finfo(np.float32).min, np.float32)
         q_scale = g.const(d ** -0.5, np.float16 if dt == TensorProto.FLOAT16 else np.float32)
+        if kv_cache == "inplace":  # every request writes at T - S (left padding aligns them)
+            batch = g.op("Slice", g.op("Shape", "input_ids"), g.const([0]), g.const([1]))
+            write_at = g.op("Expand", g.op("Unsqueeze", g.op("Sub", t_len, s_len), g.const([0])), batch)
+            t_end = g.op("Unsqueeze", t_len, g.const([0]))
 
         past, present = io_names(shape.layers)
+
+        def cached(i: int, new: str) -> str:
+            """present.* for layer i's new keys or values; returns what attention reads."""
+            if kv_cache == "concat":  # the Concat's output is the graph output: no Identity copy
+                g.nodes.append(helper.make_node("Concat", [past[i], new], [present[i]], name=f"Concat_{present[i]}",
+                                                axis=2))
+                return present[i]
+            g.nodes.append(helper.make_node("TensorScatter", [past[i], new, write_at], [present[i]],
+                                            name=f"TensorScatter_{present[i]}", axis=2, mode="linear"))
+            return g.op("Slice", present[i], g.const([0]), t_end, g.const([2]))
+
         for i in progress if progress is not None else range(shape.layers):
             w = layer_weights(i)
             p = f"layers.{i}."
+
+            def linear(x: str, hf_name: str) -> str:
+                short = hf_name.split(".")[-1]
+                return _linear(g, x, p + f"{short}.weight", w[f"{hf_name}.weight"], shape.dtype, quant)
+
             ln1 = weights.add(p + "input_layernorm.weight", _np(w["input_layernorm.weight"], shape.dtype))
             x = _rms_norm(g, h, ln1, shape.eps, dt)
-            proj = {n: weights.add(p + f"{n}.weight", _np(w[f"self_attn.{n}.weight"], shape.dtype, True))
-                    for n in ("q_proj", "k_proj", "v_proj", "o_proj")}
-            q = _heads(g, g.op("MatMul", x, proj["q_proj"]), H, d)
-            k = _heads(g, g.op("MatMul", x, proj["k_proj"]), kv, d)
-            v = _heads(g, g.op("MatMul", x, proj["v_proj"]), kv, d)
+            q = _heads(g, linear(x, "self_attn.q_proj"), H, d)
+            k = _heads(g, linear(x, "self_attn.k_proj"), kv, d)
+            v = _heads(g, linear(x, "self_attn.v_proj"), kv, d)
             q, k = _rotate(g, q, cos, sin, d // 2), _rotate(g, k, cos, sin, d // 2)
-            k_all = g.op("Concat", past[2 * i], k, axis=2)
-            v_all = g.op("Concat", past[2 * i + 1], v, axis=2)
-            g.nodes.append(helper.make_node("Identity", [k_all], [present[2 * i]]))
-            g.nodes.append(helper.make_node("Identity", [v_all], [present[2 * i + 1]]))
+            k_all, v_all = cached(2 * i, k), cached(2 * i + 1, v)
             k_rep, v_rep = _repeat_kv(g, k_all, kv, H // kv, d), _repeat_kv(g, v_all, kv, H // kv, d)
             scores = g.op("MatMul", g.op("Mul", q, q_scale), g.op("Transpose", k_rep, perm=[0, 1, 3, 2]))
             if dt != TensorProto.FLOAT:
@@ -217,29 +305,29 @@ def build_decoder_onnx(
                 probs = g.op("Cast", probs, to=dt)
             attn = g.op("MatMul", probs, v_rep)
             attn = g.op("Reshape", g.op("Transpose", attn, perm=[0, 2, 1, 3]), g.const([0, 0, H * d]))
-            h = g.op("Add", h, g.op("MatMul", attn, proj["o_proj"]))
+            h = g.op("Add", h, linear(attn, "self_attn.o_proj"))
             ln2 = weights.add(p + "post_attention_layernorm.weight",
                               _np(w["post_attention_layernorm.weight"], shape.dtype))
             x = _rms_norm(g, h, ln2, shape.eps, dt)
-            mlp = {n: weights.add(p + f"{n}.weight", _np(w[f"mlp.{n}.weight"], shape.dtype, True))
-                   for n in ("gate_proj", "up_proj", "down_proj")}
-            gate = g.op("MatMul", x, mlp["gate_proj"])
+            gate = linear(x, "mlp.gate_proj")
             act = g.op("Mul", gate, g.op("Sigmoid", gate))
-            h = g.op("Add", h, g.op("MatMul", g.op("Mul", act, g.op("MatMul", x, mlp["up_proj"])), mlp["down_proj"]))
+            h = g.op("Add", h, linear(g.op("Mul", act, linear(x, "mlp.up_proj")), "mlp.down_proj"))
             del w
 
         # ---- last position only -> float32 logits ------------------------------------------
         last = g.op("Slice", h, g.const([-1]), g.const([np.iinfo(np.int64).max]), g.const([1]))
         last = g.op("Reshape", last, g.const([0, shape.hidden]))
         norm_w = weights.add("norm.weight", _np(final_norm, shape.dtype))
-        head_w = weights.add("lm_head.weight", _np(lm_head, shape.dtype, True))
-        logits = g.op("MatMul", _rms_norm(g, last, norm_w, shape.eps, dt), head_w)
+        head = lm_head() if callable(lm_head) else lm_head  # a callable: materialised only now
+        logits = _linear(g, _rms_norm(g, last, norm_w, shape.eps, dt), "lm_head.weight", head, shape.dtype,
+                         quant if quantize_lm_head else None)
         g.nodes.append(helper.make_node("Cast", [logits], ["logits"], to=TensorProto.FLOAT)
                        if dt != TensorProto.FLOAT else helper.make_node("Identity", [logits], ["logits"]))
     finally:
         weights.close()
 
     i64 = TensorProto.INT64
+    cache_len = (max_seq, max_seq) if kv_cache == "inplace" else ("past", "total")
     inputs = [
         helper.make_tensor_value_info("input_ids", i64, ["batch", "seq"]),
         helper.make_tensor_value_info("prompt_embedding_table", dt, ["table_rows", shape.hidden]),
@@ -247,16 +335,17 @@ def build_decoder_onnx(
         helper.make_tensor_value_info("prompt_vocab_size", i64, [1]),
         helper.make_tensor_value_info("position_ids", i64, ["batch", "seq"]),
         helper.make_tensor_value_info("attention_mask", i64, ["batch", "total"]),
-    ] + [helper.make_tensor_value_info(n, dt, ["batch", kv, "past", d]) for n in past]
+    ] + [helper.make_tensor_value_info(n, dt, ["batch", kv, cache_len[0], d]) for n in past]
     outputs = [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", shape.vocab_size])] + [
-        helper.make_tensor_value_info(n, dt, ["batch", kv, "total", d]) for n in present
+        helper.make_tensor_value_info(n, dt, ["batch", kv, cache_len[1], d]) for n in present
     ]
     graph = helper.make_graph(g.nodes, "edgeprune_decoder", inputs, outputs,
                               initializer=g.consts + weights.initializers)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)],
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)],
                               producer_name="edgeprune")
-    model.ir_version = 8
+    model.ir_version = ir_version
     tmp = onnx_path.with_name(onnx_path.name + ".tmp")
     with open(tmp, "wb") as f:
         f.write(model.SerializeToString())
     os.replace(tmp, onnx_path)
+    return opset, ir_version

@@ -14,7 +14,7 @@ from runtime.contract import RANDOM_WEIGHTS
 
 from .parts import VisionParts, vision_parts
 from .specs import SPECS, llava_config, spec_for
-from .tiny import TINY_NAME, TINY_VERSIONS, ensure_tiny_checkpoint
+from .tiny import TINY_VERSIONS, ensure_tiny_checkpoint
 
 SUPPORTED_MODEL_TYPES = ("llava", "llava_next")
 ARCHITECTURES = {"llava": "LlavaForConditionalGeneration", "llava_next": "LlavaNextForConditionalGeneration"}

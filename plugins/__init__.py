@@ -58,11 +58,13 @@ def _major_of(backend: str | None) -> int | None:
     if name in ("tensorrt-rtx", "tensorrt_rtx", "rtx"):
         return 10
     if name == "tensorrt":
+        from runtime.errors import UserError
+        from runtime.optional import load_tensorrt
+
         try:
-            import tensorrt  # noqa: PLC0415 - optional dependency
-        except ImportError:
+            return load_tensorrt("tensorrt").major
+        except UserError:  # not installed, or older than edgeprune supports
             return None
-        return int(tensorrt.__version__.split(".")[0])
     match = re.fullmatch(r"(?:trt|tensorrt)?[-_ ]?(\d+)(?:\.\d+)*", name)
     if not match:
         raise ValueError(f"backend must be 'tensorrt', 'tensorrt-rtx' or a TensorRT version, got {backend!r}")

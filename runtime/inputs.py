@@ -50,13 +50,20 @@ class Inputs:
                 raise EngineDirError(f"the processor's image_grid_pinpoints {[list(p) for p in points]} differ from the "
                                      f"engine's {[list(p) for p in self.anyres.pinpoints]}: the processor/ folder "
                                      "belongs to another model")
-        dec = engine.decoder
-        tok = self.prompts.tokenizer
         self.image_token_id = self.prompts.image_token_id
+
+    @property
+    def eos_token_id(self) -> int | None:
+        """The decoder's end of sequence (random-weight decoders: the built-in tokenizer's)."""
+        dec = self.engine.decoder
         eos = dec.tokens.eos_token_id if not dec.random_weights else None
-        self.eos_token_id = eos if eos is not None else tok.eos_token_id
+        return eos if eos is not None else self.prompts.tokenizer.eos_token_id
+
+    @property
+    def pad_token_id(self) -> int:
+        dec = self.engine.decoder
         pad = dec.tokens.pad_token_id
-        self.pad_token_id = pad if pad is not None and pad < dec.vocab_size else (tok.pad_token_id or 0)
+        return pad if pad is not None and pad < dec.vocab_size else (self.prompts.tokenizer.pad_token_id or 0)
 
     # ---- images -----------------------------------------------------------------------------
     def pixel_values(self, images: Sequence[Any], dtype: str) -> np.ndarray:

@@ -162,3 +162,51 @@ def test_without_any_tensorrt_only_onnx_is_written(tmp_path, monkeypatch, capsys
     config = json.loads((out / "config.json").read_text())
     assert config["engine"]["built"] is False and config["vision"]["engine"] is None
     assert not (out / "vision.engine").exists() and (out / "vision.onnx").is_file()
+
+
+@pytest.mark.parametrize("extra,message", [
+    (["--quantize", "int3"], "argument --quantize: invalid choice: 'int3'"),
+    (["--quantize", "int4", "--group-size", "100"], "argument --group-size: invalid choice: 100"),
+    (["--quantize", "int4", "--calibration", "awq"], "--calibration awq needs calibration images: pass --calib-images DIR"),
+    (["--quantize", "int4", "--calibration", "awq", "--calib-images", "{bad}"], "not a readable image"),
+])
+def test_bad_quantization_input_is_one_error_line(tmp_path, capsys, extra, message):
+    bad = tmp_path / "calib"
+    bad.mkdir()
+    (bad / "ok.png").write_bytes(b"")  # replaced below by a real image
+    from PIL import Image
+
+    Image.new("RGB", (8, 8)).save(bad / "ok.png")
+    (bad / "broken.jpg").write_bytes(b"not a jpeg")
+    out = tmp_path / "e"
+    argv = ["build", "--model", "tiny-llava", "--keep", "64", "--backend", "onnx", "--out", str(out)]
+    argv += [a.replace("{bad}", str(bad)) for a in extra]
+    with pytest.raises(SystemExit) if "invalid choice" in message else _nothing():
+        code = main(argv)
+        assert code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: ") and message in err[0], err
+    assert not out.exists() and not [p for p in tmp_path.iterdir() if p.name.startswith(".edgeprune-staging")]
+
+
+class _nothing:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+
+def test_inspect_prints_the_memory_budget_and_target_warns(tmp_path, capsys):
+    out = tmp_path / "e"
+    assert main(["build", "--model", "tiny-llava", "--keep", "64", "--backend", "onnx", "--quantize", "int8",
+                 "--max-output-len", "16", "--target", "orin-nano", "--out", str(out)]) == 0
+    assert "fits Orin Nano 8GB" in capsys.readouterr().err
+    assert main(["inspect", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "weights int8 rtn  KV cache inplace" in text
+    assert "KV cache 0.00 GiB (batch 1 x 1040 positions, in place)" in text
+    assert "Orin Nano 8GB (5.5 GiB) yes" in text and "AGX Orin 64GB" in text
+    config = json.loads((out / "config.json").read_text())
+    assert config["decoder"]["quantization"]["scheme"] == "int8"
+    assert config["decoder"]["kv_cache"] == "inplace" and config["decoder"]["onnx_opset"] == 24

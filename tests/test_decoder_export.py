@@ -18,7 +18,7 @@ def exported(tiny, tmp_path_factory):
     for precision in ("fp32", "fp16"):
         work = tmp_path_factory.mktemp(f"decoder-{precision}")
         section = export_decoder(tiny, work, precision=precision, max_batch=2, max_input_len=128,
-                                 max_output_len=16, visual_tokens=K, progress=False)
+                                 max_output_len=16, visual_tokens=K, progress=False, kv_cache="concat")
         out[precision] = (work, section)
     return out
 
@@ -134,7 +134,7 @@ def test_section_records_limits_and_contract(exported):
 def test_limits_are_validated(tiny, tmp_path):
     with pytest.raises(UserError, match="max-input-len"):
         export_decoder(tiny, tmp_path, precision="fp32", max_batch=1, max_input_len=64, max_output_len=8,
-                       visual_tokens=64, progress=False)
+                       visual_tokens=64, progress=False, kv_cache="concat")
 
 
 def test_random_language_is_built_in_the_target_dtype():
@@ -170,7 +170,7 @@ def test_grouped_query_attention_matches_hf(tmp_path):
     model = build_random_language(cfg, torch.float32, seed=1, std=0.2)
     loaded = SimpleNamespace(model=model, config=SimpleNamespace(text_config=cfg))
     section = export_decoder(loaded, tmp_path, precision="fp32", max_batch=1, max_input_len=32, max_output_len=4,
-                             visual_tokens=2, progress=False)
+                             visual_tokens=2, progress=False, kv_cache="concat")
     sess = ort.InferenceSession(str(tmp_path / section["onnx"]), providers=["CPUExecutionProvider"])
     ids = torch.tensor([[5, 300, 301, 7, 9, 11]])
     table = torch.randn(2, 64, generator=torch.Generator().manual_seed(0))

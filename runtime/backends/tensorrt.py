@@ -68,9 +68,13 @@ class TrtEngine:
             self.context.set_optimization_profile_async(index, int(self.stream))
             self.profile = index
 
-    def run(self, feeds: dict[str, Any], keep_on_device: tuple[str, ...] = ()) -> dict[str, Any]:
+    def run(self, feeds: dict[str, Any], keep_on_device: tuple[str, ...] = (),
+            aliases: dict[str, "cuda.DeviceArray"] | None = None) -> dict[str, Any]:
         """Feeds are numpy arrays or DeviceArrays. Outputs come back as numpy arrays, except the
-        names in `keep_on_device`, which stay DeviceArrays (the KV cache)."""
+        names in `keep_on_device`, which stay DeviceArrays (the KV cache). `aliases`: outputs
+        written into the given device buffer instead of a new one (an in-place KV cache binds each
+        present.* output to its past_key_values.* input buffer)."""
+        aliases = aliases or {}
         bound: dict[str, cuda.DeviceArray] = {}
         for name, value in feeds.items():
             if not isinstance(value, cuda.DeviceArray):
@@ -80,6 +84,10 @@ class TrtEngine:
             self.context.set_tensor_address(name, value.ptr)
         results: dict[str, cuda.DeviceArray] = {}
         for name in self.outputs:
+            if name in aliases:
+                out = aliases[name]
+                self.context.set_tensor_address(name, out.ptr)
+                continue
             out = cuda.DeviceArray(tuple(self.context.get_tensor_shape(name)), self.dtype(name))
             self.context.set_tensor_address(name, out.ptr)
             results[name] = out
@@ -122,8 +130,10 @@ class TrtText(TextBackend):
 
 
 class TrtDecoder(StepDecoder):
-    """Profile 0 = prefill (empty past), profile 1 = decode; the present KV tensors of one step
-    are bound as the next step's past inputs without leaving the device."""
+    """Profile 0 = prefill, profile 1 = decode. Concat cache: the present KV tensors of one step
+    are bound as the next step's past inputs without leaving the device. In-place cache: one
+    device buffer per pair is bound as both the past input and the present output (TensorRT's
+    KV-cache update layer requires that)."""
 
     name = NAME
 
@@ -132,17 +142,33 @@ class TrtDecoder(StepDecoder):
         self.engine = TrtEngine(engine, self.sec.engine, "decoder engine")
         self.kv = Tensors.kv_pairs(self.sec.num_layers)
         self.past: dict[str, Any] = {}
+        self.cache = None
 
     def start(self, batch: int) -> None:
+        self.prefill = True
+        if self.sec.kv_cache == "inplace":
+            from ..kv_cache import InplaceKvCache
+
+            def allocate(shape, dtype):
+                return cuda.DeviceArray.from_host(np.zeros(shape, dtype), self.engine.stream)
+
+            self.cache = InplaceKvCache(self.sec, batch, allocate)
+            return
         shape = (batch, self.sec.num_kv_heads, 0, self.sec.head_dim)
         self.past = {past: np.zeros(shape, self.sec.dtype) for past, _ in self.kv}
-        self.prefill = True
 
     def step(self, feeds: dict[str, np.ndarray]) -> np.ndarray:
         self.engine.set_profile(0 if self.prefill else 1)
+        self.prefill = False
+        if self.cache is not None:
+            self.cache.check(feeds)
+            pairs = list(self.cache.pairs())
+            out = self.engine.run({**feeds, **{past: buf for past, _, buf in pairs}},
+                                  aliases={present: buf for _, present, buf in pairs})
+            self.cache.steps += 1
+            return out[Tensors.LOGITS]
         out = self.engine.run({**feeds, **self.past}, keep_on_device=tuple(p for _, p in self.kv))
         self.past = {past: out[present] for past, present in self.kv}
-        self.prefill = False
         return out[Tensors.LOGITS]
 
 

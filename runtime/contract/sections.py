@@ -77,6 +77,7 @@ class ViewBudget:
 
 
 MERGES = ("spatial", "spatial_unpad")
+KV_CACHES = ("inplace", "concat")
 
 
 @dataclass(frozen=True)
@@ -195,17 +196,25 @@ class DecoderSection:
     visual_tokens: int  # prompt-table rows per request (LLaVA-NeXT: the most an image can take)
     prompt_table: dict[str, Any]
     tokens: TokenIds
-    chat_format: str
     inputs: list[TensorSpec]
     outputs: list[TensorSpec]
     profiles: list[dict[str, Any]]
     engine_info: dict[str, Any] | None = None
+    # weight-only quantization (exporter.quantize.QuantSpec.describe); {"scheme": "none"} for fp weights
+    quantization: dict[str, Any] = field(default_factory=lambda: {"scheme": "none"})
+    kv_cache: str = "concat"  # concat | inplace (runtime/kv_cache.py)
+    kv_cache_contract: str = ""
+    onnx_opset: int = 17
+    onnx_ir_version: int = 8
+    intermediate_size: int | None = None
 
     def validate(self, where: str) -> None:
         for name in ("vocab_size", "num_layers", "num_kv_heads", "head_dim", "max_batch", "max_output_len",
                      "visual_tokens"):
             if getattr(self, name) < 1:
                 raise SchemaError(f"{where}.{name} must be at least 1, got {getattr(self, name)}")
+        if self.kv_cache not in KV_CACHES:
+            raise SchemaError(f"{where}.kv_cache is {self.kv_cache!r}; this runtime knows {', '.join(KV_CACHES)}")
         if self.max_input_len <= self.visual_tokens:
             raise SchemaError(f"{where}.max_input_len {self.max_input_len} must exceed visual_tokens "
                               f"{self.visual_tokens}")

@@ -28,3 +28,18 @@ def engine_config(vision: dict[str, Any] | None = None, **sections: Any) -> Engi
         "engine": {"backend": None, "version": None, "built": False, "reason": "test"}, "artifacts": {},
         **sections,
     })
+
+
+DECODER = {
+    "onnx": "decoder.onnx", "onnx_data": "decoder.onnx.data", "engine": None, "precision": "fp16",
+    "dtype": "float16", "weights": "checkpoint", "seed": None, "architecture": "llama", "vocab_size": 32064,
+    "hidden_size": 4096, "num_layers": 32, "num_heads": 32, "num_kv_heads": 32, "head_dim": 128, "max_batch": 1,
+    "max_input_len": 1024, "max_output_len": 1024, "max_seq_len": 2048, "visual_tokens": 576, "prompt_table": {},
+    "tokens": {"image_token_id": 32000, "bos_token_id": 1, "eos_token_id": 2, "pad_token_id": 32001},
+    "inputs": [], "outputs": [], "profiles": [], "intermediate_size": 11008, "kv_cache": "inplace",
+}
+
+
+def decoder_section(**fields: Any) -> dict[str, Any]:
+    """A LLaVA-1.5-7B-shaped `decoder` section (config.json form) updated with `fields`."""
+    return {**DECODER, **fields}
