@@ -9,7 +9,6 @@ from typing import Any
 
 from runtime.contract import (
     AnyresSection,
-    DecoderSection,
     EngineConfig,
     EngineSection,
     RANDOM_WEIGHTS,
@@ -315,7 +314,7 @@ def build(options: BuildOptions) -> Path:
             max_batch=options.max_batch,
             vision=vision,
             text=text,
-            decoder=parse(DecoderSection, decoder, "decoder") if decoder is not None else None,
+            decoder=decoder,
             engine=engine,
             versions=versions(backend),
             build_seconds=round(time.time() - started, 1),

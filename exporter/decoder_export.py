@@ -6,19 +6,29 @@ TensorRT-LLM engine built with the same limits) without the checkpoint.
 """
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
-from typing import Any
 
 import torch
 
-from .decoder_graph import KV_CACHES, DecoderShape, build_decoder_onnx, io_names
-from .errors import UserError
+from runtime.contract import RANDOM_WEIGHTS, DecoderSection, Files, TensorSpec, TokenIds
+from runtime.contract import Tensors as T
+from runtime.errors import UserError
+
+from .decoder_graph import KV_CACHES, DecoderShape, build_decoder_onnx
 from .quantize import QuantSpec
 
 DEFAULT_MAX_INPUT_LEN = 1024  # tokens incl. the K image positions: 576 + a long prompt fits
 DEFAULT_MAX_OUTPUT_LEN = 256
-ONNX_NAME = "decoder.onnx"
-ENGINE_NAME = "decoder.engine"
+ONNX_NAME = Files.DECODER_ONNX
+DATA_NAME = Files.DECODER_DATA
+ENGINE_NAME = Files.DECODER_ENGINE
+KV_CACHE_CONTRACTS = {
+    "inplace": "past_key_values.* and present.* are one preallocated (batch, kv_heads, max_seq_len, head_dim) "
+               "buffer per name, bound as both input and output; a step writes its keys and values at "
+               "attention_mask length - input length",
+    "concat": "present.* = past_key_values.* with the step's keys/values appended",
+}
 
 
 def language_model(loaded, precision: str, seed: int = 0):
@@ -46,27 +56,26 @@ def _shape(text_config, precision: str) -> DecoderShape:
     )
 
 
-def profiles(section: dict[str, Any]) -> list[dict[str, tuple]]:
+def profiles(section: DecoderSection) -> list[dict[str, tuple]]:
     """Profile 0 = prefill (empty past), profile 1 = single-token decode (past >= 1)."""
-    b, k, h = section["max_batch"], section["visual_tokens"], section["hidden_size"]
-    kv, d = section["num_kv_heads"], section["head_dim"]
-    s_max, t_max = section["max_input_len"], section["max_seq_len"]
+    b, k, h = section.max_batch, section.visual_tokens, section.hidden_size
+    kv, d = section.num_kv_heads, section.head_dim
+    s_max, t_max = section.max_input_len, section.max_seq_len
     rows = max(1, b * k)
     ob = 1
-    past_names, _ = io_names(section["num_layers"])
-    inplace = section.get("kv_cache") == "inplace"  # the cache is always (B, kv, max_seq, d)
+    inplace = section.kv_cache == "inplace"  # the cache is always (B, kv, max_seq, d)
 
     def common(seq, total, past, table):
         shapes = {
-            "input_ids": tuple((x, y) for x, y in seq),
-            "position_ids": tuple((x, y) for x, y in seq),
-            "attention_mask": tuple((x, y) for x, y in total),
-            "prompt_embedding_table": tuple((r, h) for r in table),
-            "tasks": ((1,), (ob,), (b,)),
-            "prompt_vocab_size": ((1,), (1,), (1,)),
+            T.INPUT_IDS: tuple((x, y) for x, y in seq),
+            T.POSITION_IDS: tuple((x, y) for x, y in seq),
+            T.ATTENTION_MASK: tuple((x, y) for x, y in total),
+            T.PROMPT_TABLE: tuple((r, h) for r in table),
+            T.TASKS: ((1,), (ob,), (b,)),
+            T.PROMPT_VOCAB_SIZE: ((1,), (1,), (1,)),
         }
-        for n in past_names:
-            shapes[n] = tuple((x, kv, t_max if inplace else p, d) for x, p in past)
+        for name, _ in T.kv_pairs(section.num_layers):
+            shapes[name] = tuple((x, kv, t_max if inplace else p, d) for x, p in past)
         return shapes
 
     opt_s = min(s_max, k + 64)
@@ -169,38 +178,35 @@ def export_decoder(loaded, workdir: Path, *, precision: str, max_batch: int, max
 
         quant_section["calibration"]["errors"] = summarize(awq_reports)
     cache_len = max_seq if kv_cache == "inplace" else -1
-    past, present = io_names(shape.layers)
     config = loaded.config
-    section = {
-        "onnx": ONNX_NAME,
-        "onnx_data": ONNX_NAME + ".data",
-        "engine": None,
-        "precision": precision,
-        "dtype": dt,
-        "quantization": quant_section,
-        "kv_cache": kv_cache,
-        "kv_cache_contract": ("past_key_values.* and present.* are one preallocated (batch, kv_heads, max_seq_len, "
-                              "head_dim) buffer per name, bound as both input and output; a step writes its keys "
-                              "and values at attention_mask length - input length" if kv_cache == "inplace" else
-                              "present.* = past_key_values.* with the step's keys/values appended"),
-        "onnx_opset": opset,
-        "onnx_ir_version": ir_version,
-        "weights": "random-weights" if loaded.model is None else "checkpoint",
-        "seed": seed if loaded.model is None else None,
-        "architecture": "llama",
-        "vocab_size": shape.vocab_size,
-        "hidden_size": shape.hidden,
-        "intermediate_size": text_config.intermediate_size,
-        "num_layers": shape.layers,
-        "num_heads": shape.heads,
-        "num_kv_heads": shape.kv_heads,
-        "head_dim": shape.head_dim,
-        "max_batch": max_batch,
-        "max_input_len": max_input_len,
-        "max_output_len": max_output_len,
-        "max_seq_len": max_input_len + max_output_len,
-        "visual_tokens": visual_tokens,
-        "prompt_table": {
+    kv_shape = [-1, shape.kv_heads, cache_len, shape.head_dim]
+    section = DecoderSection(
+        onnx=ONNX_NAME,
+        onnx_data=DATA_NAME,
+        engine=None,
+        precision=precision,
+        dtype=dt,
+        quantization=quant_section,
+        kv_cache=kv_cache,
+        kv_cache_contract=KV_CACHE_CONTRACTS[kv_cache],
+        onnx_opset=opset,
+        onnx_ir_version=ir_version,
+        weights=RANDOM_WEIGHTS if loaded.model is None else "checkpoint",
+        seed=seed if loaded.model is None else None,
+        architecture="llama",
+        vocab_size=shape.vocab_size,
+        hidden_size=shape.hidden,
+        intermediate_size=text_config.intermediate_size,
+        num_layers=shape.layers,
+        num_heads=shape.heads,
+        num_kv_heads=shape.kv_heads,
+        head_dim=shape.head_dim,
+        max_batch=max_batch,
+        max_input_len=max_input_len,
+        max_output_len=max_output_len,
+        max_seq_len=max_input_len + max_output_len,
+        visual_tokens=visual_tokens,
+        prompt_table={
             "contract": "tensorrt-llm",
             # visual_tokens is the stride per request: the most image tokens one request can
             # have (LLaVA-1.5: K; LLaVA-NeXT: the widest layout). A request uses only its own count.
@@ -211,25 +217,25 @@ def export_decoder(loaded, workdir: Path, *, precision: str, max_batch: int, max
             "prompt_vocab_size": visual_tokens,
             "max_prompt_embedding_table_size": max_batch * visual_tokens,
         },
-        "tokens": {
-            "image_token_id": getattr(config, "image_token_index", None),
-            "bos_token_id": getattr(text_config, "bos_token_id", None),
-            "eos_token_id": getattr(text_config, "eos_token_id", None),
-            "pad_token_id": getattr(config, "pad_token_id", None) or getattr(text_config, "pad_token_id", None),
-        },
-        "inputs": [
-            {"name": "input_ids", "shape": [-1, -1], "dtype": "int64"},
-            {"name": "prompt_embedding_table", "shape": [-1, shape.hidden], "dtype": dt},
-            {"name": "tasks", "shape": [-1], "dtype": "int64"},
-            {"name": "prompt_vocab_size", "shape": [1], "dtype": "int64"},
-            {"name": "position_ids", "shape": [-1, -1], "dtype": "int64"},
-            {"name": "attention_mask", "shape": [-1, -1], "dtype": "int64"},
-        ] + [{"name": n, "shape": [-1, shape.kv_heads, cache_len, shape.head_dim], "dtype": dt} for n in past],
-        "outputs": [{"name": "logits", "shape": [-1, shape.vocab_size], "dtype": "float32"}]
-        + [{"name": n, "shape": [-1, shape.kv_heads, cache_len, shape.head_dim], "dtype": dt} for n in present],
-    }
-    section["profiles"] = [{n: [list(s) for s in v] for n, v in p.items()} for p in profiles(section)]
-    return section
+        tokens=TokenIds(
+            image_token_id=getattr(config, "image_token_index", None),
+            bos_token_id=getattr(text_config, "bos_token_id", None),
+            eos_token_id=getattr(text_config, "eos_token_id", None),
+            pad_token_id=getattr(config, "pad_token_id", None) or getattr(text_config, "pad_token_id", None),
+        ),
+        inputs=[
+            TensorSpec(T.INPUT_IDS, [-1, -1], "int64"),
+            TensorSpec(T.PROMPT_TABLE, [-1, shape.hidden], dt),
+            TensorSpec(T.TASKS, [-1], "int64"),
+            TensorSpec(T.PROMPT_VOCAB_SIZE, [1], "int64"),
+            TensorSpec(T.POSITION_IDS, [-1, -1], "int64"),
+            TensorSpec(T.ATTENTION_MASK, [-1, -1], "int64"),
+        ] + [TensorSpec(past, kv_shape, dt) for past, _ in T.kv_pairs(shape.layers)],
+        outputs=[TensorSpec(T.LOGITS, [-1, shape.vocab_size], "float32")]
+        + [TensorSpec(present, kv_shape, dt) for _, present in T.kv_pairs(shape.layers)],
+        profiles=[],
+    )
+    return replace(section, profiles=[{n: [list(s) for s in v] for n, v in p.items()} for p in profiles(section)])
 
 
 def _check_group_size(shape: DecoderShape, text_config, quant: QuantSpec) -> None:
@@ -246,11 +252,12 @@ def _check_group_size(shape: DecoderShape, text_config, quant: QuantSpec) -> Non
                         "--group-size, --quantize int8, or --backend onnx (ONNX Runtime takes a shorter last block)")
 
 
-def build_decoder_engine(backend, workdir: Path, section: dict, *, timing_cache: Path | None) -> dict:
+def build_decoder_engine(backend, workdir: Path, section: DecoderSection, *,
+                         timing_cache: Path | None) -> DecoderSection:
     """Build decoder.engine from decoder.onnx with the prefill and decode profiles."""
     from .trt_compat import build_engine
 
     workdir = Path(workdir)
-    info = build_engine(backend, workdir / section["onnx"], workdir / ENGINE_NAME,
+    info = build_engine(backend, workdir / section.onnx, workdir / ENGINE_NAME,
                         profiles=profiles(section), timing_cache=timing_cache, label="decoder")
-    return {**section, "engine": ENGINE_NAME, "engine_info": info}
+    return replace(section, engine=ENGINE_NAME, engine_info=info)

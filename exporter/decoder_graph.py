@@ -18,7 +18,10 @@ import onnx
 import torch
 from onnx import TensorProto, helper
 
-KV_CACHES = ("inplace", "concat")
+from runtime.contract import KV_CACHES
+from runtime.contract import Tensors as T
+
+from .onnx_versions import decoder_versions
 _DTYPES = {"float16": TensorProto.FLOAT16, "float32": TensorProto.FLOAT}
 _ALIGN = 4096  # external-data alignment: lets runtimes mmap tensors
 
@@ -37,19 +40,6 @@ class DecoderShape:
     @property
     def onnx_dtype(self) -> int:
         return _DTYPES[self.dtype]
-
-
-def onnx_versions(kv_cache: str, quantized: bool) -> tuple[int, int]:
-    """(opset, IR version) of a decoder graph: the lowest that holds its operators, so each graph
-    stays parseable by the oldest TensorRT that can run it.
-    - concat cache, fp16/fp32 weights: opset 17 / IR 8 (TensorRT >= 10.3, JetPack 6.1/6.2);
-    - concat cache, int8/int4 weights: opset 21 / IR 10 (DequantizeLinear's block_size and the
-      INT4 type; TensorRT >= 10.0 parses them);
-    - in-place cache: opset 24 / IR 11 (TensorScatter, which TensorRT >= 10.15 and TensorRT-RTX
-      map to their KV-cache update layer, and ONNX Runtime runs in place)."""
-    if kv_cache == "inplace":
-        return 24, 11
-    return (21, 10) if quantized else (17, 8)
 
 
 class _Weights:
@@ -191,9 +181,9 @@ def _linear(g: _Graph, x: str, name: str, weight: torch.Tensor, dtype: str, quan
 
 
 def io_names(layers: int) -> tuple[list[str], list[str]]:
-    past = [f"past_key_values.{i}.{kv}" for i in range(layers) for kv in ("key", "value")]
-    present = [f"present.{i}.{kv}" for i in range(layers) for kv in ("key", "value")]
-    return past, present
+    """(past inputs, present outputs) in graph order (names from runtime.contract.Tensors)."""
+    pairs = T.kv_pairs(layers)
+    return [past for past, _ in pairs], [present for _, present in pairs]
 
 
 def build_decoder_onnx(
@@ -226,7 +216,7 @@ def build_decoder_onnx(
         raise ValueError(f"kv_cache must be one of {KV_CACHES}")
     if kv_cache == "inplace" and not max_seq:
         raise ValueError("the in-place cache needs max_seq")
-    opset, ir_version = onnx_versions(kv_cache, quant is not None)
+    opset, ir_version = decoder_versions(kv_cache, quant is not None)
     onnx_path = Path(onnx_path)
     weights = _Weights(onnx_path.with_name(onnx_path.name + ".data"))
     g = _Graph(weights, opset)
@@ -234,18 +224,18 @@ def build_decoder_onnx(
     try:
         # ---- embedding + prompt table lookup (TensorRT-LLM PromptTuningEmbedding) ----------
         vocab = g.const(shape.vocab_size)
-        is_prompt = g.op("Greater", "input_ids", g.const(shape.vocab_size - 1))
-        text_ids = g.op("Where", is_prompt, g.const(0), "input_ids")
-        row = g.op("Add", g.op("Sub", "input_ids", vocab),
-                   g.op("Mul", g.op("Unsqueeze", "tasks", g.const([1])), "prompt_vocab_size"))
+        is_prompt = g.op("Greater", T.INPUT_IDS, g.const(shape.vocab_size - 1))
+        text_ids = g.op("Where", is_prompt, g.const(0), T.INPUT_IDS)
+        row = g.op("Add", g.op("Sub", T.INPUT_IDS, vocab),
+                   g.op("Mul", g.op("Unsqueeze", T.TASKS, g.const([1])), T.PROMPT_VOCAB_SIZE))
         row = g.op("Where", is_prompt, row, g.const(0))
         emb_w = weights.add("embed_tokens.weight", _np(embed, shape.dtype))
         text_emb = g.op("Gather", emb_w, text_ids, axis=0)
-        prompt_emb = g.op("Gather", "prompt_embedding_table", row, axis=0)
+        prompt_emb = g.op("Gather", T.PROMPT_TABLE, row, axis=0)
         h = g.op("Where", g.op("Unsqueeze", is_prompt, g.const([-1])), prompt_emb, text_emb)
 
         # ---- rotary tables (float32, cast like HF) -----------------------------------------
-        freqs = g.op("Mul", g.op("Unsqueeze", g.op("Cast", "position_ids", to=TensorProto.FLOAT), g.const([-1])),
+        freqs = g.op("Mul", g.op("Unsqueeze", g.op("Cast", T.POSITION_IDS, to=TensorProto.FLOAT), g.const([-1])),
                      g.const(inv_freq.float().numpy(), np.float32))
         emb = g.op("Concat", freqs, freqs, axis=-1)
         scale = g.const(attention_scaling, np.float32)
@@ -255,17 +245,17 @@ def build_decoder_onnx(
         cos, sin = g.op("Unsqueeze", cos, g.const([1])), g.op("Unsqueeze", sin, g.const([1]))
 
         # ---- causal + padding mask (B, 1, S, T) --------------------------------------------
-        s_len = g.op("Gather", g.op("Shape", "input_ids"), g.const(1), axis=0)
-        t_len = g.op("Gather", g.op("Shape", "attention_mask"), g.const(1), axis=0)
+        s_len = g.op("Gather", g.op("Shape", T.INPUT_IDS), g.const(1), axis=0)
+        t_len = g.op("Gather", g.op("Shape", T.ATTENTION_MASK), g.const(1), axis=0)
         k_pos = g.op("Range", g.const(0), t_len, g.const(1))
         q_pos = g.op("Range", g.op("Sub", t_len, s_len), t_len, g.const(1))
         causal = g.op("LessOrEqual", g.op("Unsqueeze", k_pos, g.const([0])), g.op("Unsqueeze", q_pos, g.const([1])))
-        keep = g.op("Cast", g.op("Unsqueeze", "attention_mask", g.const([1, 2])), to=TensorProto.BOOL)
+        keep = g.op("Cast", g.op("Unsqueeze", T.ATTENTION_MASK, g.const([1, 2])), to=TensorProto.BOOL)
         allowed = g.op("And", g.op("Unsqueeze", causal, g.const([0, 1])), keep)
         neg = g.const(np.finfo(np.float32).min, np.float32)
         q_scale = g.const(d ** -0.5, np.float16 if dt == TensorProto.FLOAT16 else np.float32)
         if kv_cache == "inplace":  # every request writes at T - S (left padding aligns them)
-            batch = g.op("Slice", g.op("Shape", "input_ids"), g.const([0]), g.const([1]))
+            batch = g.op("Slice", g.op("Shape", T.INPUT_IDS), g.const([0]), g.const([1]))
             write_at = g.op("Expand", g.op("Unsqueeze", g.op("Sub", t_len, s_len), g.const([0])), batch)
             t_end = g.op("Unsqueeze", t_len, g.const([0]))
 
@@ -321,22 +311,22 @@ def build_decoder_onnx(
         head = lm_head() if callable(lm_head) else lm_head  # a callable: materialised only now
         logits = _linear(g, _rms_norm(g, last, norm_w, shape.eps, dt), "lm_head.weight", head, shape.dtype,
                          quant if quantize_lm_head else None)
-        g.nodes.append(helper.make_node("Cast", [logits], ["logits"], to=TensorProto.FLOAT)
-                       if dt != TensorProto.FLOAT else helper.make_node("Identity", [logits], ["logits"]))
+        g.nodes.append(helper.make_node("Cast", [logits], [T.LOGITS], to=TensorProto.FLOAT)
+                       if dt != TensorProto.FLOAT else helper.make_node("Identity", [logits], [T.LOGITS]))
     finally:
         weights.close()
 
     i64 = TensorProto.INT64
     cache_len = (max_seq, max_seq) if kv_cache == "inplace" else ("past", "total")
     inputs = [
-        helper.make_tensor_value_info("input_ids", i64, ["batch", "seq"]),
-        helper.make_tensor_value_info("prompt_embedding_table", dt, ["table_rows", shape.hidden]),
-        helper.make_tensor_value_info("tasks", i64, ["batch"]),
-        helper.make_tensor_value_info("prompt_vocab_size", i64, [1]),
-        helper.make_tensor_value_info("position_ids", i64, ["batch", "seq"]),
-        helper.make_tensor_value_info("attention_mask", i64, ["batch", "total"]),
+        helper.make_tensor_value_info(T.INPUT_IDS, i64, ["batch", "seq"]),
+        helper.make_tensor_value_info(T.PROMPT_TABLE, dt, ["table_rows", shape.hidden]),
+        helper.make_tensor_value_info(T.TASKS, i64, ["batch"]),
+        helper.make_tensor_value_info(T.PROMPT_VOCAB_SIZE, i64, [1]),
+        helper.make_tensor_value_info(T.POSITION_IDS, i64, ["batch", "seq"]),
+        helper.make_tensor_value_info(T.ATTENTION_MASK, i64, ["batch", "total"]),
     ] + [helper.make_tensor_value_info(n, dt, ["batch", kv, cache_len[0], d]) for n in past]
-    outputs = [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", shape.vocab_size])] + [
+    outputs = [helper.make_tensor_value_info(T.LOGITS, TensorProto.FLOAT, ["batch", shape.vocab_size])] + [
         helper.make_tensor_value_info(n, dt, ["batch", kv, cache_len[1], d]) for n in present
     ]
     graph = helper.make_graph(g.nodes, "edgeprune_decoder", inputs, outputs,

@@ -16,13 +16,13 @@ import torch
 
 from models.parts import VisionParts
 
+from .onnx_versions import BASE
 from .anyres_graph import AnyresVisionGraph, SelectorFactory
 from .anyres_plan import AnyresPlan
 from .pruning import PruneConfig
 from .vision_graph import PrunedVisionGraph, Selector
 
-ONNX_OPSET = 17
-ONNX_IR_VERSION = 8
+ONNX_OPSET, ONNX_IR_VERSION = BASE
 EXTERNAL_DATA_THRESHOLD = 1 << 30  # bytes of weights above which tensors go to a .data file
 
 TORCH_DTYPE = {"fp32": torch.float32, "fp16": torch.float16}

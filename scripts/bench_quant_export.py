@@ -43,7 +43,7 @@ section = export_decoder(loaded, work, precision="fp16", max_batch=1, max_input_
                          visual_tokens=576, progress=False, quant=QuantSpec(scheme, group))
 seconds = time.perf_counter() - t0
 print(json.dumps({"seconds": seconds, "peak_rss_kib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
-                  "opset": section["onnx_opset"], "kv_cache": section["kv_cache"]}))
+                  "opset": section.onnx_opset, "kv_cache": section.kv_cache}))
 """
 
 

@@ -26,7 +26,7 @@ def exported(tiny, tmp_path_factory):
 def _session(work, section):
     import onnxruntime as ort
 
-    return ort.InferenceSession(str(work / section["onnx"]), providers=["CPUExecutionProvider"])
+    return ort.InferenceSession(str(work / section.onnx), providers=["CPUExecutionProvider"])
 
 
 def _case(vocab: int, hidden: int):
@@ -53,9 +53,9 @@ def _hf_embeds(model, ids, table, vocab):
 
 
 def _run(sess, section, feeds, past):
-    _, present = io_names(section["num_layers"])
+    _, present = io_names(section.num_layers)
     outs = sess.run(["logits", *present], {**feeds, **past})
-    names, _ = io_names(section["num_layers"])
+    names, _ = io_names(section.num_layers)
     return outs[0], dict(zip(names, outs[1:]))
 
 
@@ -63,11 +63,11 @@ def _run(sess, section, feeds, past):
 def test_prefill_and_8_decode_steps_match_hf(tiny, exported, precision, tol):
     work, section = exported[precision]
     sess = _session(work, section)
-    model, vocab = tiny.model, section["vocab_size"]
-    ids, mask, positions, table = _case(vocab, section["hidden_size"])
+    model, vocab = tiny.model, section.vocab_size
+    ids, mask, positions, table = _case(vocab, section.hidden_size)
     dt = np.float16 if precision == "fp16" else np.float32
-    names, _ = io_names(section["num_layers"])
-    past = {n: np.zeros((2, section["num_kv_heads"], 0, section["head_dim"]), dt) for n in names}
+    names, _ = io_names(section.num_layers)
+    past = {n: np.zeros((2, section.num_kv_heads, 0, section.head_dim), dt) for n in names}
     common = {"prompt_embedding_table": table.numpy().astype(dt), "tasks": np.zeros(2, np.int64),
               "prompt_vocab_size": np.array([K], np.int64)}
     logits, past = _run(sess, section, {"input_ids": ids.numpy(), "position_ids": positions.numpy(),
@@ -96,11 +96,11 @@ def test_tasks_select_rows_of_the_table(tiny, exported):
     """id -> table[id - vocab + task * K]: the same fake ids with task 1 read the second block."""
     work, section = exported["fp32"]
     sess = _session(work, section)
-    vocab, hidden = section["vocab_size"], section["hidden_size"]
+    vocab, hidden = section.vocab_size, section.hidden_size
     table = np.random.default_rng(0).standard_normal((2 * K, hidden)).astype(np.float32)
     ids = np.array([[1, 7] + list(range(vocab, vocab + K)) + [9, 10]], np.int64)
-    names, _ = io_names(section["num_layers"])
-    past = {n: np.zeros((1, section["num_kv_heads"], 0, section["head_dim"]), np.float32) for n in names}
+    names, _ = io_names(section.num_layers)
+    past = {n: np.zeros((1, section.num_kv_heads, 0, section.head_dim), np.float32) for n in names}
     pos = np.arange(ids.shape[1])[None]
     feeds = {"input_ids": ids, "position_ids": pos, "attention_mask": np.ones_like(ids),
              "prompt_embedding_table": table, "prompt_vocab_size": np.array([K], np.int64)}
@@ -118,10 +118,10 @@ def test_tasks_select_rows_of_the_table(tiny, exported):
 def test_section_records_limits_and_contract(exported):
     work, section = exported["fp16"]
     assert (work / "decoder.onnx").is_file() and (work / "decoder.onnx.data").is_file()
-    assert section["max_input_len"] == 128 and section["max_output_len"] == 16 and section["max_seq_len"] == 144
-    assert section["dtype"] == "float16" and section["visual_tokens"] == K
-    assert section["prompt_table"]["max_prompt_embedding_table_size"] == 2 * K
-    assert len(section["profiles"]) == 2  # prefill, decode
+    assert section.max_input_len == 128 and section.max_output_len == 16 and section.max_seq_len == 144
+    assert section.dtype == "float16" and section.visual_tokens == K
+    assert section.prompt_table["max_prompt_embedding_table_size"] == 2 * K
+    assert len(section.profiles) == 2  # prefill, decode
     import onnx
 
     model = onnx.load(str(work / "decoder.onnx"), load_external_data=False)
@@ -171,7 +171,7 @@ def test_grouped_query_attention_matches_hf(tmp_path):
     loaded = SimpleNamespace(model=model, config=SimpleNamespace(text_config=cfg))
     section = export_decoder(loaded, tmp_path, precision="fp32", max_batch=1, max_input_len=32, max_output_len=4,
                              visual_tokens=2, progress=False, kv_cache="concat")
-    sess = ort.InferenceSession(str(tmp_path / section["onnx"]), providers=["CPUExecutionProvider"])
+    sess = ort.InferenceSession(str(tmp_path / section.onnx), providers=["CPUExecutionProvider"])
     ids = torch.tensor([[5, 300, 301, 7, 9, 11]])
     table = torch.randn(2, 64, generator=torch.Generator().manual_seed(0))
     names, _ = io_names(2)

@@ -19,7 +19,7 @@ from exporter.quantize import QuantSpec, fake_quantize
 from models.random_language import language_parts
 from fakes.configs import engine_config
 from runtime.backends.onnxruntime import OrtDecoder
-from runtime.contract import EngineDir
+from runtime.contract import EngineDir, to_json
 
 K = 8
 LINEARS = ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj",
@@ -36,7 +36,7 @@ def _export(loaded, root, name, *, precision="fp32", kv_cache="inplace", quant=N
 
 
 def _decoder(work, section, level="0"):
-    return OrtDecoder(EngineDir(work, engine_config(decoder=section)), matmulnbits_accuracy_level=level)
+    return OrtDecoder(EngineDir(work, engine_config(decoder=to_json(section))), matmulnbits_accuracy_level=level)
 
 
 def _prompt(vocab, hidden, batch=2):
@@ -55,7 +55,7 @@ def _prompt(vocab, hidden, batch=2):
 
 def _generate(decoder, section, steps, forced=None, batch=2):
     """Greedy (or teacher-forced with `forced` (B, steps)) decoding; (tokens, logits per step)."""
-    ids, mask, table = _prompt(section["vocab_size"], section["hidden_size"], batch)
+    ids, mask, table = _prompt(section.vocab_size, section.hidden_size, batch)
     positions = np.maximum(mask.cumsum(1) - 1, 0)
     common = {"prompt_embedding_table": table, "tasks": np.zeros(batch, np.int64),
               "prompt_vocab_size": np.array([K], np.int64)}
@@ -111,13 +111,13 @@ def test_quantized_graph_format(tiny, tmp_path):
                                 quant=QuantSpec(scheme, 64))
         model = onnx.load(str(work / "decoder.onnx"), load_external_data=False)
         assert (model.opset_import[0].version, model.ir_version) == versions
-        assert (section["onnx_opset"], section["onnx_ir_version"]) == versions
+        assert (section.onnx_opset, section.onnx_ir_version) == versions
         inits = {t.name: t for t in model.graph.initializer}
         producers = {o: n for n in model.graph.node for o in n.output}
         matmul_weights = [producers.get(n.input[1]) for n in model.graph.node if n.op_type == "MatMul"
                           and (n.input[1] in inits or getattr(producers.get(n.input[1]), "op_type", "") == "DequantizeLinear")]
         dqs = [m for m in matmul_weights if m is not None]
-        assert len(dqs) == (0 if scheme == "none" else 7 * section["num_layers"])
+        assert len(dqs) == (0 if scheme == "none" else 7 * section.num_layers)
         for dq in dqs:
             attrs = {a.name: onnx.helper.get_attribute_value(a) for a in dq.attribute}
             w, s = inits[dq.input[0]], inits[dq.input[1]]
@@ -161,7 +161,7 @@ def test_inplace_cache_gives_the_concat_decoders_tokens_over_128_steps(tiny, tmp
     np.testing.assert_array_equal(tokens, ref_tokens)
     np.testing.assert_allclose(logits, ref_logits, atol=1e-5 if precision == "fp32" else 1e-3, rtol=0)
     buffer = next(iter(decoder.cache.buffers.values())).numpy()
-    assert buffer.shape == (2, isec["num_kv_heads"], isec["max_seq_len"], isec["head_dim"])
+    assert buffer.shape == (2, isec.num_kv_heads, isec.max_seq_len, isec.head_dim)
     assert np.abs(buffer[:, :, 20 + 127]).max() > 0 and not buffer[:, :, 20 + 128:].any()  # written in place
 
 
@@ -196,7 +196,7 @@ def test_inplace_cache_with_grouped_query_attention_and_awq_int4(tmp_path):
     section = export_decoder(loaded, work, precision="fp32", max_batch=2, max_input_len=48, max_output_len=40,
                              visual_tokens=K, progress=False, quant=QuantSpec("int4", 64, "awq"),
                              calibration=calibration)
-    errors = section["quantization"]["calibration"]["errors"]
+    errors = section.quantization["calibration"]["errors"]
     assert errors["awq_output_sq_error"] <= errors["rtn_output_sq_error"]
     tokens, _ = _generate(_decoder(work, section), section, 8)
     assert tokens.shape == (2, 8)

@@ -34,7 +34,7 @@ def fake_gpu(monkeypatch):
     tensorrt.PROFILES_SET.clear()
     yield tensorrt, cudart
     for name in [m for m in sys.modules if m.split(".")[0] in ("tensorrt", "cuda")]:
-        monkeypatch.delitem(sys.modules, name)
+        del sys.modules[name]  # not monkeypatch.delitem: its undo would put the fakes back
     cuda.device_capability.cache_clear()
 
 

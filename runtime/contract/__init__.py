@@ -20,6 +20,7 @@ from .sections import (
     DecoderSection,
     EngineConfig,
     EngineSection,
+    KV_CACHES,
     LayoutSpec,
     ModelSection,
     PluginBranch,
@@ -36,7 +37,7 @@ from .sections import (
 
 __all__ = [
     "CONFIG_FILE", "FORMAT", "FORMAT_VERSION", "OLDEST_READABLE", "RANDOM_WEIGHTS", "TRT_DTYPES", "AnyresSection", "Artifact", "DecoderSection",
-    "EngineConfig", "EngineDir", "EngineSection", "Files", "LayoutSpec", "ModelSection", "PluginBranch",
+    "EngineConfig", "EngineDir", "EngineSection", "Files", "KV_CACHES", "LayoutSpec", "ModelSection", "PluginBranch",
     "PluginSection", "PreprocessSection", "PruningSection", "SchemaError", "TensorSpec", "Tensors", "TextSection",
     "TokenIds", "ViewBudget", "VisionSection", "artifact_records", "check_format", "inside", "is_engine_dir",
     "open_engine_dir", "parse", "read_config", "sha256_file", "tensor", "to_json", "write_config",
