@@ -73,6 +73,7 @@ def make_parser() -> argparse.ArgumentParser:
 
     i = sub.add_parser("inspect", help="print an engine directory's configuration")
     i.add_argument("dir", type=Path)
+    i.add_argument("--verify", action="store_true", help="check every artifact's size and sha256 (no cache)")
     return parser
 
 
@@ -101,6 +102,12 @@ def _inspect(args) -> int:
     from runtime.contract import read_config
 
     config = read_config(args.dir)
+    if args.verify:
+        from runtime.contract import EngineDir
+        from runtime.contract.verify import verify
+
+        checked = verify(EngineDir(args.dir, config), use_cache=False)
+        print(f"verified   {len(checked)} artifacts match config.json (size and sha256)")
     vision, pruning = config.vision, config.vision.pruning
     print(f"model      {config.model.name} ({config.model.source})")
     print(f"method     {pruning.method}  K={pruning.output_tokens}  params={pruning.params}")

@@ -242,6 +242,15 @@ class TorchDecoder(StepDecoder):
             return self.head(out.last_hidden_state[:, -1]).float().numpy()
 
 
+def preflight(engine: EngineDir) -> None:
+    """The checkpoint is loaded (and checked) by the parts themselves."""
+
+
+def files(engine: EngineDir) -> dict[str, list[str]]:
+    """The reference reads the checkpoint the directory was built from, none of its graphs."""
+    return {"vision": [], "text": [], "decoder": []}
+
+
 def vision(engine: EngineDir, threads: int = 0) -> TorchVision:
     return TorchVision(engine, threads)
 

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import UserError
+from .optional import need
 
 
 def _stats(values: list[float]) -> dict[str, float]:
@@ -33,17 +34,24 @@ def _default_image():
     return Image.fromarray(rng.integers(0, 255, (28, 28, 3), dtype=np.uint8)).resize((336, 336), Image.NEAREST)
 
 
-def bench_one(engine_dir: str, backend: str, runs: int, warmup: int, new_tokens: int, prompt: str,
-              image: str | None, threads: int) -> dict[str, Any]:
-    from tqdm import tqdm
+def _progress(iterable, desc: str):
+    """tqdm where installed (the export extra), else the plain iterable."""
+    try:
+        from tqdm import tqdm
+    except ImportError:
+        return iterable
+    return tqdm(iterable, desc=desc, unit="run", leave=False)
 
+
+def bench_one(engine_dir: str, backend: str, runs: int, warmup: int, new_tokens: int, prompt: str,
+              image: str | None, threads: int, verify: bool = True) -> dict[str, Any]:
     from .pipeline import Pipeline
 
-    pipe = Pipeline.from_dir(engine_dir, backend, threads=threads)
+    pipe = Pipeline.from_dir(engine_dir, backend, threads=threads, verify=verify)
     img = image if image else _default_image()
     new_tokens = min(new_tokens, pipe.engine.decoder.max_output_len)
     ttft, vision, prefill, tps = [], [], [], []
-    for i in tqdm(range(warmup + runs), desc=Path(engine_dir).name, unit="run", leave=False):
+    for i in _progress(range(warmup + runs), Path(engine_dir).name):
         gen = pipe.generate(img, prompt, max_new_tokens=new_tokens, ignore_eos=True)
         if i < warmup:
             continue
@@ -65,13 +73,14 @@ def bench_one(engine_dir: str, backend: str, runs: int, warmup: int, new_tokens:
 
 
 def bench(engine_dirs: list[str], backend: str = "auto", runs: int = 5, warmup: int = 1, new_tokens: int = 32,
-          prompt: str = "Describe the picture in detail.", image: str | None = None, threads: int = 0) -> list[dict]:
+          prompt: str = "Describe the picture in detail.", image: str | None = None, threads: int = 0,
+          verify: bool = True) -> list[dict]:
     """One child process per engine directory (see the module docstring)."""
     if runs < 1 or warmup < 0:
         raise UserError(f"--runs must be at least 1 and --warmup at least 0, got {runs} and {warmup}")
     results = []
     for d in engine_dirs:
-        spec = json.dumps([str(d), backend, runs, warmup, new_tokens, prompt, image, threads])
+        spec = json.dumps([str(d), backend, runs, warmup, new_tokens, prompt, image, threads, verify])
         code = "import json,sys; from runtime.bench import bench_one; print(json.dumps(bench_one(*json.loads(sys.argv[1]))))"
         env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(Path(__file__).resolve().parents[1]),
                                                            os.environ.get("PYTHONPATH", "")]))
@@ -98,8 +107,7 @@ def table(results: list[dict]) -> str:
 
 
 def plot(results: list[dict], path: Path, title: str = "edgeprune: time to first token and decode speed") -> None:
-    import matplotlib
-
+    matplotlib = need("matplotlib", "--plot")
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
@@ -127,9 +135,27 @@ def plot(results: list[dict], path: Path, title: str = "edgeprune: time to first
     plt.close(fig)
 
 
+def _writable(path: Path | str | None, what: str) -> None:
+    """A result path must be writable before minutes of measuring are spent."""
+    if path is None or str(path) == "-":
+        return
+    path = Path(path)
+    if path.is_dir():
+        raise UserError(f"{what} {path} is a directory; give a file name")
+    parent = path.parent if str(path.parent) else Path(".")
+    if not parent.is_dir():
+        raise UserError(f"{what} {path}: the folder {parent} does not exist")
+    if not os.access(parent, os.W_OK) or (path.exists() and not os.access(path, os.W_OK)):
+        raise UserError(f"{what} {path} is not writable")
+
+
 def run_cli(args) -> int:
+    _writable(args.json, "--json")
+    _writable(args.plot, "--plot")
+    if args.plot:
+        need("matplotlib", "--plot")  # before minutes of measuring
     results = bench([str(d) for d in args.engine_dir], args.backend, args.runs, args.warmup, args.new_tokens,
-                    args.prompt, args.image, args.threads)
+                    args.prompt, args.image, args.threads, not args.no_verify)
     to_stdout = args.json == "-"
     print(table(results), file=sys.stderr if to_stdout else sys.stdout)
     if args.json:

@@ -32,6 +32,8 @@ def _parser() -> argparse.ArgumentParser:
     g.add_argument("--trtllm-engine-dir", type=Path, help="decode with this TensorRT-LLM engine instead")
     g.add_argument("--threads", type=int, default=0, help="ONNX Runtime threads (0 = all cores)")
     g.add_argument("--json", action="store_true", help="print one JSON object instead of streaming")
+    g.add_argument("--no-verify", action="store_true",
+                   help="skip checking the engine directory's files against config.json's sha256")
     b = sub.add_parser("bench", help="TTFT, decode tokens/s and peak memory per engine directory")
     b.add_argument("--engine-dir", required=True, nargs="+", type=Path)
     b.add_argument("--backend", default="auto", choices=BACKENDS)
@@ -43,6 +45,7 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("--threads", type=int, default=0)
     b.add_argument("--json", nargs="?", const="-", help="write results as JSON (to FILE, or stdout)")
     b.add_argument("--plot", type=Path, help="save a bar chart (PNG)")
+    b.add_argument("--no-verify", action="store_true", help="skip the sha256 check of the engine directories")
     return p
 
 
@@ -52,7 +55,7 @@ def _generate(args) -> int:
     if len(args.prompt) not in (1, len(args.image)):
         raise UserError(f"give one --prompt or one per --image ({len(args.image)} images, {len(args.prompt)} prompts)")
     pipe = Pipeline.from_dir(args.engine_dir, args.backend, threads=args.threads,
-                             trtllm_engine_dir=args.trtllm_engine_dir)
+                             trtllm_engine_dir=args.trtllm_engine_dir, verify=not args.no_verify)
     single = len(args.image) == 1
     images = args.image[0] if single else args.image
     prompts = args.prompt[0] if len(args.prompt) == 1 else args.prompt

@@ -20,6 +20,7 @@ INSTALL_HINTS = {
     "torch": "pip install 'edgeprune[export]' (the torch reference backend and the exporter need PyTorch)",
     "transformers": "pip install 'edgeprune[export]'",
     "exporter": "pip install 'edgeprune[export]' (the torch reference backend ships with the exporter)",
+    "matplotlib": "pip install matplotlib (or 'edgeprune[export]')",
 }
 
 MIN_TENSORRT = (10, 3)  # JetPack 6.1/6.2; C++ IPluginV3

@@ -32,6 +32,19 @@ DEFAULT_NEW_TOKENS = 64  # capped by the engine's --max-output-len
 __all__ = ["BACKENDS", "DEFAULT_NEW_TOKENS", "Generation", "GenerationStream", "Pipeline", "StreamChunk", "Timings"]
 
 
+def _verify_used_files(engine: EngineDir, parts, own_decoder: bool) -> None:
+    from .contract.verify import files_under, verify
+
+    used = parts.files(engine)
+    names = used["vision"] + used["text"] + (used["decoder"] if own_decoder else [])
+    names += files_under(engine, engine.vision.preprocess.processor)
+    if engine.text is not None:
+        names += files_under(engine, engine.text.tokenizer)
+    if engine.anyres is not None and engine.anyres.image_newline:
+        names.append(engine.anyres.image_newline)
+    verify(engine, names)
+
+
 @dataclass
 class _Visual:
     """The vision stage of one batch: prompt ids, prompt-table rows, and what to report."""
@@ -59,13 +72,17 @@ class Pipeline:
 
     @classmethod
     def from_dir(cls, engine_dir: str | Path, backend: str = "auto", *, threads: int = 0,
-                 trtllm_engine_dir: str | Path | None = None) -> "Pipeline":
+                 trtllm_engine_dir: str | Path | None = None, verify: bool = True) -> "Pipeline":
         """`backend`: auto (TensorRT when the directory's engines can run here, else ONNX Runtime),
         tensorrt, onnxruntime or torch (the reference). `trtllm_engine_dir` swaps the decoder for a
-        TensorRT-LLM engine (same prompt table)."""
+        TensorRT-LLM engine (same prompt table). `verify`: check every file about to be used
+        against config.json's size and sha256 first (cached; False skips it)."""
         engine = open_engine_dir(engine_dir)
         choice: Choice = choose(engine, backend)
         parts = provider(choice.backend)
+        parts.preflight(engine)  # cheap compatibility checks before any file is hashed or loaded
+        if verify:
+            _verify_used_files(engine, parts, trtllm_engine_dir is None)
         inputs = Inputs(engine)
         vision = parts.vision(engine, threads)
         text = None

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from runtime import Pipeline
+from runtime.contract import artifact_records, to_json
 from runtime.errors import UserError
 
 FAKES = Path(__file__).parent / "fakes" / "gpu"
@@ -49,6 +50,7 @@ def _with_engines(engine: str, root: Path, tensorrt, capability: str = "8.6") ->
     cfg["engine"] = {"backend": "tensorrt", "version": "10.3.0", "built": True, "reason": None,
                      "compute_capability": capability}
     cfg["vision"]["engine"], cfg["decoder"]["engine"] = "vision.engine", "decoder.engine"
+    cfg["artifacts"] = to_json(artifact_records(copy))  # the fake engines are artifacts like the real ones
     (copy / "config.json").write_text(json.dumps(cfg))
     return copy
 

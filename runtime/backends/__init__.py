@@ -1,7 +1,9 @@
 """Backends by name, and the choice `auto` makes (with the reason, which the CLI prints).
 
 A backend is a module with three factories, `vision(engine, threads)`, `decoder(engine,
-threads)` and `text(engine, threads)`, imported only when chosen. The torch reference backend
+threads)` and `text(engine, threads)`; `preflight(engine)` (cheap compatibility checks) and
+`files(engine)` (the directory's files each part reads, verified before use); it is imported only
+when chosen. The torch reference backend
 ships with the exporter (it needs the checkpoint, torch and the pruning reference), so it is
 registered by module path and never imported by an ONNX Runtime or TensorRT run."""
 from __future__ import annotations

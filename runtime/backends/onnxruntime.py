@@ -128,6 +128,19 @@ class OrtDecoder(StepDecoder):
         return binding.copy_outputs_to_cpu()[0]
 
 
+def preflight(engine: EngineDir) -> None:
+    """Nothing to check before loading: the graphs run on any CPU."""
+    need("onnxruntime", f"--backend {NAME}")
+
+
+def files(engine: EngineDir) -> dict[str, list[str]]:
+    """The engine directory's files this backend reads, per part (what gets verified)."""
+    dec, text = engine.config.decoder, engine.text
+    return {"vision": list(engine.vision.onnx_files or [engine.vision.onnx]),
+            "text": [text.onnx] if text else [],
+            "decoder": [dec.onnx, dec.onnx_data] if dec else []}
+
+
 def vision(engine: EngineDir, threads: int = 0) -> OrtVision:
     return OrtVision(engine, threads)
 

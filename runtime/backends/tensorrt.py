@@ -172,6 +172,19 @@ class TrtDecoder(StepDecoder):
         return out[Tensors.LOGITS]
 
 
+def preflight(engine: EngineDir) -> None:
+    """Library version and GPU checks, before any file is hashed or loaded."""
+    _library(engine)
+
+
+def files(engine: EngineDir) -> dict[str, list[str]]:
+    """The engine directory's files this backend reads, per part (what gets verified)."""
+    dec, text = engine.config.decoder, engine.text
+    return {"vision": [engine.vision.engine] if engine.vision.engine else [],
+            "text": [text.engine] if text and text.engine else [],
+            "decoder": [dec.engine] if dec and dec.engine else []}
+
+
 def vision(engine: EngineDir, threads: int = 0) -> TrtVision:
     return TrtVision(engine, threads)
 
