@@ -79,3 +79,22 @@ def test_inspect_verify_checks_everything(copy, capsys):
     assert main(["inspect", str(copy), "--verify"]) == 2
     line = capsys.readouterr().err.strip().splitlines()[-1]
     assert line.startswith("error: ") and "processor/tokenizer.json" in line
+
+
+def test_graphs_from_another_build_are_refused(copy, tmp_path_factory):
+    """vision.onnx of a K=32 build in a K=64 directory (hashes re-recorded, so only the I/O
+    check can notice): the declared K and the graph's disagree."""
+    from fakes.engines import build_engine_dir
+    from runtime.contract import artifact_records, to_json
+
+    other = build_engine_dir(tmp_path_factory.getbasetemp() / "engines", "hivtp", keep=32)
+    shutil.copy(Path(other) / "vision.onnx", copy / "vision.onnx")
+    _edit_config(copy, lambda c: c.update(artifacts=to_json(artifact_records(copy))))
+    with pytest.raises(EngineDirError, match=r"visual_features has shape \[-1, 32, 64\], config.json says \[-1, 64, 64\]"):
+        Pipeline.from_dir(copy, backend="onnxruntime")
+
+
+def test_config_whose_k_disagrees_with_its_graph_is_refused(copy):
+    _edit_config(copy, lambda c: c["vision"]["pruning"].update(output_tokens=65))
+    with pytest.raises(EngineDirError, match="output_tokens is 65 but vision.outputs declares kept_indices"):
+        Pipeline.from_dir(copy, backend="onnxruntime")

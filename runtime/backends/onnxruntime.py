@@ -10,6 +10,7 @@ from ..contract import EngineDir, Tensors
 from ..errors import EngineDirError, one_line
 from ..optional import need
 from .base import StepDecoder, TextBackend, VisionBackend, VisionOutput
+from .io_check import check_io
 
 NAME = "onnxruntime"
 _NP = {"float16": np.float16, "float32": np.float32}
@@ -17,6 +18,15 @@ _NP = {"float16": np.float16, "float32": np.float32}
 # default quantizes the activations to int8 (accuracy level 4): max abs error 0.45 on a 256-long
 # dot product of unit Gaussians, against 1e-5 at level 0 (float activations, the graph's meaning).
 ACCURATE_MATMULNBITS = "0"
+
+
+_ORT_TYPES = {"tensor(float)": "float32", "tensor(float16)": "float16", "tensor(int64)": "int64",
+              "tensor(int32)": "int32", "tensor(bool)": "bool"}
+
+
+def session_io(sess) -> dict[str, tuple[list, str]]:
+    """Every input and output of a session: name -> (shape, dtype name)."""
+    return {t.name: (list(t.shape), _ORT_TYPES.get(t.type, t.type)) for t in [*sess.get_inputs(), *sess.get_outputs()]}
 
 
 def session(path, threads: int = 0, config: dict[str, str] | None = None) -> Any:
@@ -39,6 +49,7 @@ class OrtVision(VisionBackend):
 
     def __init__(self, engine: EngineDir, threads: int = 0):
         self.session = session(engine.file(engine.vision.onnx, "vision ONNX file"), threads)
+        check_io("vision graph", [*engine.vision.inputs, *engine.vision.outputs], session_io(self.session))
         inputs = {i.name: i for i in self.session.get_inputs()}
         optional = {Tensors.VIEW_BUDGET, Tensors.TEXT_EMBEDS}
         if Tensors.PIXEL_VALUES not in inputs or set(inputs) - optional - {Tensors.PIXEL_VALUES}:
@@ -66,6 +77,7 @@ class OrtText(TextBackend):
 
     def __init__(self, engine: EngineDir, threads: int = 0):
         self.session = session(engine.file(engine.text.onnx, "text ONNX file"), threads)
+        check_io("text graph", [*engine.text.inputs, *engine.text.outputs], session_io(self.session))
 
     def __call__(self, input_ids: np.ndarray) -> np.ndarray:
         return self.session.run([Tensors.TEXT_EMBEDS], {Tensors.TEXT_INPUT_IDS: input_ids})[0]
@@ -82,6 +94,7 @@ class OrtDecoder(StepDecoder):
         sec = engine.decoder
         config = {"session.qdq_matmulnbits_accuracy_level": matmulnbits_accuracy_level}
         self.session = session(engine.file(sec.onnx, "decoder ONNX file"), threads, config)
+        check_io("decoder graph", [*sec.inputs, *sec.outputs], session_io(self.session))
         self.sec, self.dtype = sec, _NP[sec.dtype]
         self.kv = Tensors.kv_pairs(sec.num_layers)
         self.outputs = [Tensors.LOGITS] + [present for _, present in self.kv]

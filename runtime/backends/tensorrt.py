@@ -15,6 +15,7 @@ from ..errors import EngineDirError, UserError
 from ..optional import load_tensorrt
 from . import cuda
 from .base import StepDecoder, TextBackend, VisionBackend, VisionOutput
+from .io_check import check_io
 
 NAME = "tensorrt"
 
@@ -60,6 +61,10 @@ class TrtEngine:
         self.names = [self.engine.get_tensor_name(i) for i in range(self.engine.num_io_tensors)]
         self.outputs = [n for n in self.names if self.engine.get_tensor_mode(n) == trt.TensorIOMode.OUTPUT]
 
+    def io(self) -> dict[str, tuple[list, str]]:
+        """name -> (shape with -1 for dynamic axes, dtype name) of every I/O tensor."""
+        return {n: (list(self.engine.get_tensor_shape(n)), self.dtype(n)) for n in self.names}
+
     def dtype(self, name: str) -> str:
         return TRT_DTYPES[str(self.engine.get_tensor_dtype(name)).split(".")[-1].upper()]
 
@@ -102,6 +107,7 @@ class TrtVision(VisionBackend):
 
     def __init__(self, engine: EngineDir, threads: int = 0):
         self.engine = TrtEngine(engine, engine.vision.engine, "vision engine")
+        check_io("vision engine", [*engine.vision.inputs, *engine.vision.outputs], self.engine.io())
         self.takes_budget = Tensors.VIEW_BUDGET in self.engine.names
         self.takes_text = Tensors.TEXT_EMBEDS in self.engine.names
 
@@ -124,6 +130,7 @@ class TrtText(TextBackend):
 
     def __init__(self, engine: EngineDir, threads: int = 0):
         self.engine = TrtEngine(engine, engine.text.engine, "text engine")
+        check_io("text engine", [*engine.text.inputs, *engine.text.outputs], self.engine.io())
 
     def __call__(self, input_ids: np.ndarray) -> np.ndarray:
         return self.engine.run({Tensors.TEXT_INPUT_IDS: input_ids})[Tensors.TEXT_EMBEDS]
@@ -140,6 +147,7 @@ class TrtDecoder(StepDecoder):
     def __init__(self, engine: EngineDir, threads: int = 0):
         self.sec = engine.decoder
         self.engine = TrtEngine(engine, self.sec.engine, "decoder engine")
+        check_io("decoder engine", [*self.sec.inputs, *self.sec.outputs], self.engine.io())
         self.kv = Tensors.kv_pairs(self.sec.num_layers)
         self.past: dict[str, Any] = {}
         self.cache = None

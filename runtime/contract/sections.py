@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from .names import RANDOM_WEIGHTS
+from .names import RANDOM_WEIGHTS, Tensors
 from .schema import SchemaError
 
 
@@ -134,6 +134,14 @@ class VisionSection:
     plugin: PluginSection | None = None
     engine_io: list[dict[str, Any]] | None = None
     engine_profiles: list[dict[str, Any]] | None = None
+
+    def validate(self, where: str) -> None:
+        """K in the pruning record must be what the graph declares it outputs."""
+        kept = tensor(self.outputs, Tensors.KEPT_INDICES)
+        k = self.pruning.output_tokens
+        if self.anyres is None and kept is not None and k is not None and kept.shape[1:] != [k]:
+            raise SchemaError(f"{where}.pruning.output_tokens is {k} but {where}.outputs declares "
+                              f"{Tensors.KEPT_INDICES} {kept.shape}")
 
 
 @dataclass(frozen=True)

@@ -59,6 +59,8 @@ class ICudaEngine:
         self.session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
         self.inputs = {i.name: _ORT_TYPES[i.type] for i in self.session.get_inputs()}
         self.outputs = {o.name: _ORT_TYPES[o.type] for o in self.session.get_outputs()}
+        self.shapes = {t.name: tuple(d if isinstance(d, int) else -1 for d in t.shape)
+                       for t in [*self.session.get_inputs(), *self.session.get_outputs()]}
         self.names = [*self.inputs, *self.outputs]
         self.num_io_tensors = len(self.names)
         self.num_optimization_profiles = profiles
@@ -68,6 +70,9 @@ class ICudaEngine:
 
     def get_tensor_mode(self, name: str) -> TensorIOMode:
         return TensorIOMode.INPUT if name in self.inputs else TensorIOMode.OUTPUT
+
+    def get_tensor_shape(self, name: str) -> tuple:
+        return self.shapes[name]
 
     def get_tensor_dtype(self, name: str) -> DataType:
         return self.inputs.get(name) or self.outputs[name]
