@@ -7,7 +7,7 @@ import shlex
 import sys
 from pathlib import Path
 
-from runtime.errors import EXIT_USER_ERROR, EdgePruneError, UserError, report
+from runtime.errors import EXIT_USER_ERROR, EdgePruneError, UserError, report, stdout_closed
 
 from .pruning import METHODS
 
@@ -156,3 +156,5 @@ def main(argv: list[str] | None = None) -> int:
         return _build(args) if args.command == "build" else _inspect(args)
     except (EdgePruneError, KeyboardInterrupt) as exc:
         return report(exc, interrupted="interrupted; no engine directory was written")
+    except BrokenPipeError:
+        return stdout_closed()

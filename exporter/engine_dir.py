@@ -131,7 +131,10 @@ def sweep(parent: Path) -> None:
 @contextmanager
 def _build_lock(out: Path) -> Iterator[None]:
     lock_path = out.with_name(LOCK_PREFIX + out.name)
-    fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o666)
+    try:
+        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o666)
+    except OSError as exc:
+        raise UserError(f"cannot write next to --out {out}: {exc.strerror or exc} ({out.parent})") from None
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)

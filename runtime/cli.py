@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 from .backends import BACKENDS
-from .errors import EXIT_USER_ERROR, EdgePruneError, UserError, report
+from .errors import EXIT_USER_ERROR, EdgePruneError, UserError, report, stdout_closed
 
 
 class _Parser(argparse.ArgumentParser):
@@ -90,6 +90,5 @@ def main(argv=None) -> int:
         return run_cli(args)
     except (EdgePruneError, KeyboardInterrupt) as exc:
         return report(exc)
-    except BrokenPipeError:  # stdout closed by the reader (`| head`): nothing more to say
-        sys.stderr.close()
-        return 0
+    except BrokenPipeError:
+        return stdout_closed()

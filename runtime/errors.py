@@ -44,6 +44,19 @@ def one_line(exc: BaseException) -> str:
     return type(exc).__name__
 
 
+def stdout_closed() -> int:
+    """The reader of stdout went away (`| head`): say nothing more, and keep Python's exit-time
+    flush from printing a BrokenPipeError (the recipe of Python's signal documentation)."""
+    import os
+
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError):
+        pass
+    return 1
+
+
 def report(exc: BaseException, stream: TextIO | None = None, interrupted: str = "interrupted") -> int:
     """Print one `error:` line for an EdgePruneError (or `interrupted` for Ctrl-C / SIGTERM) and
     return the exit code. The one place a command line formats an error."""

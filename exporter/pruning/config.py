@@ -199,9 +199,9 @@ def make_config(
             raise ValueError(f"regions must divide the grid {grid[0]}x{grid[1]}, got {r}")
         g = _check_float("global_fraction", p["global_fraction"], 0.0, 1.0)
         layers = p["layers"]
-        if isinstance(layers, int) or not layers:
-            raise ValueError(f"layers must be a non-empty sequence of layer indices, got {layers!r}")
-        p["layers"] = tuple(_check_int("layers", int(i), 0, num_layers - 1) for i in layers)
+        if isinstance(layers, (int, str)) or not layers:
+            raise ValueError(f"layers must be a non-empty list of layer indices such as [6,7,8], got {layers!r}")
+        p["layers"] = tuple(_check_int("layers", i, 0, num_layers - 1) for i in layers)
         if keep is None:
             rh, rw = grid[0] // r, grid[1] // r
             if rh % RELEASED_HIVTP_WINDOW or rw % RELEASED_HIVTP_WINDOW:
