@@ -56,6 +56,7 @@ class BuildOptions:
     kv_cache: str | None = None  # inplace | concat | None = inplace where the backend can build it
     target: str | None = None  # orin-nano | orin-nx | agx-orin: warn when the engines will not fit
     command: str = ""
+    verbose: bool = False  # TensorRT's benign warnings and INFO messages too
 
 
 def _say(msg: str) -> None:
@@ -83,20 +84,20 @@ def versions(backend=None) -> dict[str, str | None]:
     return out
 
 
-def _resolve_backend(name: str):
+def _resolve_backend(name: str, verbose: bool = False):
     from . import trt_compat
 
     if name == "onnx":
         return None, "--backend onnx: ONNX graphs only"
     if name == "auto":
-        backend = trt_compat.available_backend()
+        backend = trt_compat.available_backend(verbose)
         if backend is None:
             return None, (
                 "no TensorRT library is installed (tensorrt or tensorrt-rtx); wrote the ONNX graphs "
                 "only. Install one (pip install 'edgeprune[rtx]') and build again to get engines"
             )
         return backend, None
-    return trt_compat.load_backend(name), None
+    return trt_compat.load_backend(name, verbose), None
 
 
 def _plugin_selector(options: BuildOptions, backend, cfg):
@@ -105,7 +106,7 @@ def _plugin_selector(options: BuildOptions, backend, cfg):
     if wanted == "onnx" or backend is None:
         if wanted == "plugin" and backend is None:
             raise UserError("--selector plugin needs a TensorRT backend (tensorrt or tensorrt-rtx)")
-        return None, None, "standard ONNX ops"
+        return None, None, "--selector onnx" if wanted == "onnx" else "no TensorRT backend (ONNX graphs only)"
     try:
         import plugins
 
@@ -136,10 +137,12 @@ def _rtx_parser_can_load_plugins() -> bool:
     aborts the process when it is missing, so check before handing it a plugin graph."""
     import os
 
+    import plugins
+
     for folder in os.environ.get("LD_LIBRARY_PATH", "").split(os.pathsep):
         if folder and (Path(folder) / "libtensorrt_rtx.so").exists():
             return True
-    return False
+    return plugins.provide_rtx_soname()
 
 
 def _load(options: BuildOptions):
@@ -266,7 +269,7 @@ def build(options: BuildOptions) -> Path:
         from .memory_budget import module_for
 
         module_for(options.target)  # unknown names fail before any work
-    backend, engine_reason = _resolve_backend(options.backend)
+    backend, engine_reason = _resolve_backend(options.backend, options.verbose)
     kv_cache, kv_note = choose_kv_cache(options, backend)
     if kv_note:
         _say(kv_note)
@@ -276,6 +279,8 @@ def build(options: BuildOptions) -> Path:
     cfg = plan.config if plan is not None else _prune_config(options, loaded)
     projection = _clip_projection(options, loaded, cfg)
     selector, plugin_lib, selector_reason = _plugin_selector(options, backend, cfg)
+    if backend is not None and selector is None:
+        _say(f"the engine selects tokens with standard ONNX ops, not the EdgePruneSelect plugin: {selector_reason}")
 
     with staged_output(options.out) as work:
         vision = _vision_graphs(options, loaded, plan, cfg, projection, selector, plugin_lib, selector_reason, work)

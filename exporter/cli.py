@@ -70,6 +70,7 @@ def make_parser() -> argparse.ArgumentParser:
     b.add_argument("--target", choices=("orin-nano", "orin-nx", "agx-orin"),
                    help="warn when the engines will not fit this Jetson module")
     b.add_argument("--out", type=Path, help="engine directory (default: engines/<model>-<method>-k<K>)")
+    b.add_argument("-v", "--verbose", action="store_true", help="show all of TensorRT's messages")
 
     i = sub.add_parser("inspect", help="print an engine directory's configuration")
     i.add_argument("dir", type=Path)
@@ -91,7 +92,7 @@ def _build(args) -> int:
         max_input_len=args.max_input_len, max_output_len=args.max_output_len,
         quantize=args.quantize, group_size=args.group_size, calibration=args.calibration,
         calib_images=args.calib_images, calib_prompts=args.calib_prompts, quantize_lm_head=args.quantize_lm_head,
-        kv_cache=args.kv_cache, target=args.target,
+        kv_cache=args.kv_cache, target=args.target, verbose=args.verbose,
         command=shlex.join(["python", "-m", "exporter", *sys.argv[1:]]),
     ))
     print(out)

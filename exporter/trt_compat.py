@@ -7,6 +7,9 @@ from an fp16 ONNX graph (with its float32 islands) on either library, with the s
 """
 from __future__ import annotations
 
+import signal
+import sys
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
@@ -31,7 +34,7 @@ class TrtBackend:
         return int(self.version.split(".")[0])
 
 
-def load_backend(name: str = "auto") -> TrtBackend:
+def load_backend(name: str = "auto", verbose: bool = False) -> TrtBackend:
     """`auto` prefers standard TensorRT and falls back to TensorRT-RTX."""
     if name not in ("auto", *BACKENDS):
         raise UserError(f"unknown TensorRT backend {name!r}: use auto, {', '.join(BACKENDS)}")
@@ -45,23 +48,30 @@ def load_backend(name: str = "auto") -> TrtBackend:
                 raise
             reasons.append(f"{candidate}: {exc.module} is not importable")
             continue
-        return TrtBackend(lib.flavour, lib.version, lib.module, lib.module.Logger(lib.module.Logger.WARNING))
+        return TrtBackend(lib.flavour, lib.version, lib.module, make_logger(lib.module, verbose))
     raise UserError("no TensorRT library is installed (" + "; ".join(reasons) + "); "
                     + hint("tensorrt") + ", or " + hint("tensorrt_rtx_bindings"))
 
 
-def available_backend() -> TrtBackend | None:
+def available_backend(verbose: bool = False) -> TrtBackend | None:
     try:
-        return load_backend("auto")
+        return load_backend("auto", verbose)
     except UserError:
         return None
 
 
 class _Progress:
-    """Adapts TensorRT's IProgressMonitor to a tqdm bar over the top-level build phases."""
+    """Adapts TensorRT's IProgressMonitor to a tqdm bar over the top-level build phases, and
+    turns Ctrl-C into a cancelled build: while TensorRT builds, Python runs only inside these
+    callbacks, where a KeyboardInterrupt would surface as a failed build. SIGINT therefore just
+    sets `interrupted`, the next callback cancels the build, and `build_engine` then raises
+    KeyboardInterrupt ("interrupted", not "failed")."""
 
     def __init__(self, trt: ModuleType, label: str):
         from tqdm import tqdm
+
+        self.interrupted = False
+        progress = self
 
         class Monitor(trt.IProgressMonitor):
             def __init__(inner):
@@ -69,6 +79,7 @@ class _Progress:
                 inner.bar = None
 
             def phase_start(inner, phase_name, parent_phase, num_steps):
+                progress.on_phase(phase_name)
                 if parent_phase is None and inner.bar is None:
                     inner.bar = tqdm(total=num_steps, desc=f"{label}: {phase_name}", unit="phase", leave=False)
                 elif inner.bar is not None and parent_phase is not None:
@@ -77,7 +88,7 @@ class _Progress:
             def step_complete(inner, phase_name, step):
                 if inner.bar is not None and phase_name == inner.bar.desc.split(": ", 1)[-1]:
                     inner.bar.update(1)
-                return True
+                return not progress.interrupted  # False cancels the build
 
             def phase_finish(inner, phase_name):
                 if inner.bar is not None and phase_name == inner.bar.desc.split(": ", 1)[-1]:
@@ -85,6 +96,34 @@ class _Progress:
                     inner.bar = None
 
         self.monitor = Monitor()
+
+    def on_phase(self, name: str) -> None:
+        """Called at every phase start (a seam for tests)."""
+
+    def interrupt(self, signum=None, frame=None) -> None:
+        self.interrupted = True
+
+
+# TensorRT warnings that are expected for every edgeprune graph and say nothing to the user:
+# int64 kept indices, and the plugin node's extra attributes (its fields are validated by the
+# plugin itself). Shown with -v.
+BENIGN_WARNINGS = ("Int64 binding", "plugin_version", "plugin_namespace", "Attribute", "is not used by the plugin")
+
+
+def make_logger(trt: ModuleType, verbose: bool = False):
+    """A TensorRT logger that prints warnings and errors to stderr, except the benign ones above
+    (everything, INFO included, with `verbose`)."""
+
+    class Logger(trt.ILogger):
+        def __init__(inner):
+            trt.ILogger.__init__(inner)
+
+        def log(inner, severity, msg):
+            level = int(severity) if not hasattr(severity, "value") else int(severity.value)
+            if verbose or (level <= 2 and not (level == 2 and any(b in msg for b in BENIGN_WARNINGS))):
+                print(f"[TensorRT] {msg}", file=sys.stderr, flush=True)
+
+    return Logger()
 
 
 def _dtype_name(dtype: Any) -> str:
@@ -154,7 +193,15 @@ def build_engine(
     progress = _Progress(trt, label)
     config.progress_monitor = progress.monitor
 
-    serialized = builder.build_serialized_network(network, config)
+    main_thread = threading.current_thread() is threading.main_thread()  # only it may set handlers
+    previous = signal.signal(signal.SIGINT, progress.interrupt) if main_thread else None
+    try:
+        serialized = builder.build_serialized_network(network, config)
+    finally:
+        if main_thread:
+            signal.signal(signal.SIGINT, previous)
+    if progress.interrupted:
+        raise KeyboardInterrupt(f"building {engine_path.name}")
     if serialized is None:
         raise UserError(f"{backend.name} failed to build {engine_path.name} (see the TensorRT log above)")
     Path(engine_path).write_bytes(memoryview(serialized))

@@ -240,6 +240,30 @@ def build_host_shim(tensorrt_include: str | os.PathLike | None = None) -> Path:
     return build_dir / HOST_LIBRARY_NAME
 
 
+def provide_rtx_soname() -> bool:
+    """Make TensorRT-RTX's parser find the unversioned libtensorrt_rtx.so without LD_LIBRARY_PATH:
+    the parser's RPATH is $ORIGIN (the wheel's library folder), which dlopen searches first, so a
+    symlink libtensorrt_rtx.so -> libtensorrt_rtx.so.1 there is enough. False where that folder
+    is not writable (a system install): then LD_LIBRARY_PATH must provide it (`rtx_env`)."""
+    try:
+        import tensorrt_rtx_libs  # noqa: PLC0415 - optional dependency
+    except ImportError:
+        return False
+    folder = Path(tensorrt_rtx_libs.__file__).parent
+    link, target = folder / "libtensorrt_rtx.so", folder / "libtensorrt_rtx.so.1"
+    if link.exists():
+        return True
+    if not target.is_file():
+        return False
+    try:
+        tmp = folder / f".libtensorrt_rtx.so.{os.getpid()}"
+        tmp.symlink_to(target.name)
+        os.replace(tmp, link)  # atomic: concurrent builds race harmlessly
+    except OSError:
+        return False
+    return True
+
+
 def rtx_env() -> Path:
     """A folder holding `libtensorrt_rtx.so` -> the wheel's libtensorrt_rtx.so.1. TensorRT-RTX's
     ONNX parser dlopens that unversioned name when it instantiates a plugin, and the wheel does

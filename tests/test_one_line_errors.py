@@ -130,3 +130,37 @@ def test_runtime_usage_errors_are_one_line(capsys):
         main(["generate", "--prompt", "hi"])
     assert exit_info.value.code == 2
     assert "--engine-dir" in _one_line(capsys)
+
+
+_INTERRUPT = """
+import os, signal, sys
+import exporter.trt_compat as trt_compat
+trt_compat._Progress.on_phase = lambda self, name: os.kill(os.getpid(), signal.SIGINT)  # Ctrl-C at the first phase
+from exporter.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def test_ctrl_c_during_the_engine_build_says_interrupted(tmp_path):
+    pytest.importorskip("tensorrt_rtx_bindings")
+    out = tmp_path / "e"
+    res = subprocess.run([sys.executable, "-c", _INTERRUPT, "build", "--model", "tiny-llava", "--method", "none",
+                          "--backend", "tensorrt-rtx", "--no-decoder", "--out", str(out)],
+                         cwd=ROOT, capture_output=True, text=True, timeout=600, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert res.returncode == 130, res.stderr
+    assert res.stderr.strip().splitlines()[-1] == "error: interrupted; no engine directory was written"
+    assert "failed" not in res.stderr and "Traceback" not in res.stderr
+    assert not out.exists()
+
+
+def test_tensorrt_chatter_is_hidden_unless_verbose(tmp_path):
+    pytest.importorskip("tensorrt_rtx_bindings")
+    argv = [sys.executable, "-m", "exporter", "build", "--model", "tiny-llava", "--keep", "64", "--backend",
+            "tensorrt-rtx", "--selector", "onnx", "--no-decoder"]
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    quiet = subprocess.run([*argv, "--out", str(tmp_path / "q")], cwd=ROOT, capture_output=True, text=True, env=env)
+    assert quiet.returncode == 0, quiet.stderr
+    assert "Int64 binding" not in quiet.stderr
+    assert "standard ONNX ops, not the EdgePruneSelect plugin: --selector onnx" in quiet.stderr
+    loud = subprocess.run([*argv, "-v", "--out", str(tmp_path / "v")], cwd=ROOT, capture_output=True, text=True, env=env)
+    assert loud.returncode == 0 and "Int64 binding" in loud.stderr
