@@ -77,6 +77,15 @@ def _resolve_backend(name: str):
     return trt_compat.load_backend(name), None
 
 
+# Methods whose selection stays in standard ops even with --selector plugin (README, "Pruning
+# methods"): config.json then says selector "onnx" with this reason.
+NO_PLUGIN_FORM = {
+    "scope": "scope has no plugin form: its K greedy steps are one ONNX Loop (standard ops) in every engine",
+    "visionzip": "visionzip has no plugin form: its dominant top-K, targets and merge are standard ONNX ops "
+                 "in every engine",
+}
+
+
 def _plugin_selector(options: BuildOptions, backend, cfg):
     """(selector callable or None, plugin library path or None, reason)."""
     wanted = options.selector
@@ -84,6 +93,8 @@ def _plugin_selector(options: BuildOptions, backend, cfg):
         if wanted == "plugin" and backend is None:
             raise UserError("--selector plugin needs a TensorRT backend (tensorrt or tensorrt-rtx)")
         return None, None, "standard ONNX ops"
+    if cfg.method in NO_PLUGIN_FORM:
+        return None, None, NO_PLUGIN_FORM[cfg.method]
     try:
         import plugins
         from plugins.onnx_node import plugin_selector
@@ -246,6 +257,8 @@ def build(options: BuildOptions) -> Path:
 
     with staged_output(options.out) as work:
         tokens = f"K={cfg.output_count}"
+        if cfg.method == "visionzip" and plan is None:
+            tokens += f": CLS + {cfg.dominant_patches} dominant + {cfg.contextual} contextual"
         if plan is not None and plan.pruned:
             tokens = f"K={plan.keep} per image: " + "/".join(str(b.output) for b in plan.branches) + " per view"
         _say(f"exporting the {cfg.method} vision graph ({tokens}, {options.precision})")
