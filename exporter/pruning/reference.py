@@ -156,7 +156,7 @@ def scope_order(saliency: torch.Tensor, features: torch.Tensor, cfg: PruneConfig
     for _ in range(steps):
         gain = torch.relu(sim - cover[:, None]).sum(0).tolist()
         score = [g + s if additive else g * s for g, s in zip(gain, a)]
-        best = _best_first((j for j in range(cfg.num_patches) if j not in chosen), score)[0]
+        best = min((j for j in range(cfg.num_patches) if j not in chosen), key=lambda j: (-score[j], j))
         picked.append(best)
         chosen.add(best)
         cover = torch.maximum(cover, sim[best])

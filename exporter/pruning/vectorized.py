@@ -149,10 +149,27 @@ def cosine_matrix(features: torch.Tensor) -> torch.Tensor:
     return torch.matmul(x, x.transpose(1, 2))
 
 
-@torch.jit.script
 def scope_pick_steps(sim: torch.Tensor, add: torch.Tensor, mul: torch.Tensor, steps: int) -> torch.Tensor:
-    """SCOPE's greedy loop, scripted so that the ONNX export is one `Loop` with trip count
-    `steps` (not `steps` unrolled copies of the body). Returns (B, N) float32: the step at
+    """SCOPE's greedy loop. Eager calls run it as Python; under the ONNX exporter's trace it
+    runs as its TorchScript form, so the graph gets one `Loop` with trip count `steps` instead
+    of `steps` unrolled copies of the body (same source, see `_greedy_loop`)."""
+    if torch.jit.is_tracing():
+        return _scripted_greedy_loop()(sim, add, mul, steps)
+    return _greedy_loop(sim, add, mul, steps)
+
+
+_SCRIPTED: list = []
+
+
+def _scripted_greedy_loop():
+    """torch.jit.script(_greedy_loop), compiled on first export (not at import)."""
+    if not _SCRIPTED:
+        _SCRIPTED.append(torch.jit.script(_greedy_loop))
+    return _SCRIPTED[0]
+
+
+def _greedy_loop(sim: torch.Tensor, add: torch.Tensor, mul: torch.Tensor, steps: int) -> torch.Tensor:
+    """Returns (B, N) float32: the step at
     which each patch was picked (0-based), `steps` for a patch never picked; the greedy picks
     are prefix-consistent, so `result < k` is the selection of any k <= steps.
 
