@@ -149,11 +149,13 @@ def cosine_matrix(features: torch.Tensor) -> torch.Tensor:
     return torch.matmul(x, x.transpose(1, 2))
 
 
-def scope_pick_steps(sim: torch.Tensor, add: torch.Tensor, mul: torch.Tensor, steps: int) -> torch.Tensor:
+def scope_pick_steps(sim: torch.Tensor, add: torch.Tensor, mul: torch.Tensor, steps: int,
+                     unrolled: bool = False) -> torch.Tensor:
     """SCOPE's greedy loop. Eager calls run it as Python; under the ONNX exporter's trace it
     runs as its TorchScript form, so the graph gets one `Loop` with trip count `steps` instead
-    of `steps` unrolled copies of the body (same source, see `_greedy_loop`)."""
-    if torch.jit.is_tracing():
+    of `steps` unrolled copies of the body (same source, see `_greedy_loop`). `unrolled=True`
+    traces the copies instead, for the comparison in scripts/bench_scope_loop.py only."""
+    if torch.jit.is_tracing() and not unrolled:
         return _scripted_greedy_loop()(sim, add, mul, steps)
     return _greedy_loop(sim, add, mul, steps)
 
@@ -206,9 +208,10 @@ def scope_terms(cfg: PruneConfig, saliency: torch.Tensor) -> tuple[torch.Tensor,
     return torch.zeros_like(a), a
 
 
-def scope_steps(cfg: PruneConfig, saliency: torch.Tensor, features: torch.Tensor, steps: int) -> torch.Tensor:
+def scope_steps(cfg: PruneConfig, saliency: torch.Tensor, features: torch.Tensor, steps: int,
+                unrolled: bool = False) -> torch.Tensor:
     add, mul = scope_terms(cfg, saliency)
-    return scope_pick_steps(cosine_matrix(features), add, mul, steps)
+    return scope_pick_steps(cosine_matrix(features), add, mul, steps, unrolled)
 
 
 def scope_select(cfg: PruneConfig, pick_steps: torch.Tensor) -> torch.Tensor:
@@ -216,9 +219,9 @@ def scope_select(cfg: PruneConfig, pick_steps: torch.Tensor) -> torch.Tensor:
     return _sorted_indices(pick_steps < cfg.keep, cfg.keep)
 
 
-def scope(cfg: PruneConfig, saliency: torch.Tensor, features: torch.Tensor) -> torch.Tensor:
+def scope(cfg: PruneConfig, saliency: torch.Tensor, features: torch.Tensor, unrolled: bool = False) -> torch.Tensor:
     """Kept indices (B, K) for saliency (B, N) and patch features (B, N, D)."""
-    return scope_select(cfg, scope_steps(cfg, saliency, features, cfg.keep))
+    return scope_select(cfg, scope_steps(cfg, saliency, features, cfg.keep, unrolled))
 
 
 # ---- VisionZip (PRUNING.md 10.2) ------------------------------------------------------------
