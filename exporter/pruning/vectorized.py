@@ -182,6 +182,7 @@ def _greedy_loop(sim: torch.Tensor, add: torch.Tensor, mul: torch.Tensor, steps:
     position = torch.arange(n, dtype=torch.float32, device=sim.device).expand_as(mul)
     nowhere = torch.full_like(position, float(n))
     blocked = torch.full_like(mul, -float("inf"))
+    taken = torch.zeros_like(mul)  # constants made once, outside the loop body
     cover = torch.zeros_like(mul)
     free = torch.ones_like(mul)
     rank = torch.zeros_like(mul)
@@ -190,7 +191,7 @@ def _greedy_loop(sim: torch.Tensor, add: torch.Tensor, mul: torch.Tensor, steps:
         score = torch.where(free > 0.5, (gain + add) * mul, blocked)
         best = score.amax(-1, keepdim=True)
         pick = torch.where(score == best, position, nowhere).amin(-1, keepdim=True)
-        free = torch.where(position == pick, torch.zeros_like(free), free)
+        free = torch.where(position == pick, taken, free)
         rank = rank + free
         # a NaN row finds no maximum (pick = n): clamp so the gather stays in range
         row = pick.clamp(max=float(n - 1)).to(torch.int64).unsqueeze(-1).expand(-1, 1, n)
