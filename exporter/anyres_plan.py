@@ -20,6 +20,19 @@ from .pruning import PruneConfig, make_config
 VIEW_RULE = "K_view = floor(K / n_views)"
 ORDER = ("base view first (sorted), then the crops' tokens in raster order of the stitched "
          "(rows*24) x (cols*24) grid")
+# VisionZip's LLaVA-NeXT order (dvlab visionzip/llava_arch.py, PRUNING.md 10.4); each view's
+# rows are [CLS, dominant ascending, contextual] and kept_indices says which is which.
+VISIONZIP_ORDER = ("base view [CLS, dominant (ascending), contextual]; then the crops' dominant tokens in "
+                   "raster order of the stitched (rows*24) x (cols*24) grid; then the crops' CLS tokens; "
+                   "then the crops' contextual tokens, crop by crop")
+VISIONZIP_VIEW_RULE = VIEW_RULE + ", split per view as (K_view - C, C) with C = contextual or the rule of K_view"
+
+
+def merge_rule(method: str) -> str:
+    """`vision.anyres.merge`: how the runtime puts an image's views together."""
+    if method == "none":
+        return "spatial_unpad"
+    return "visionzip" if method == "visionzip" else "spatial"
 IMAGE_NEWLINE_FILE = "image_newline.npy"
 
 
@@ -90,6 +103,13 @@ class AnyresPlan:
     def max_tokens_per_image(self) -> int:
         return max(self.tokens_per_image(layout) for layout in self.layouts)
 
+    @staticmethod
+    def _budget(branch: Branch) -> dict[str, Any]:
+        out = {"views": list(branch.views), "keep": branch.keep, "output": branch.output}
+        if branch.cfg.method == "visionzip":  # rows per view: 1 CLS + dominant + contextual
+            out.update(dominant_patches=branch.cfg.dominant_patches, contextual=branch.cfg.contextual)
+        return out
+
     def section(self, image_newline: str | None) -> dict[str, Any]:
         """The `vision.anyres` section of config.json."""
         return {
@@ -102,11 +122,11 @@ class AnyresPlan:
             ],
             "max_views": self.max_views,
             "keep_per_image": self.keep,
-            "view_rule": VIEW_RULE,
-            "view_budgets": [{"views": list(b.views), "keep": b.keep, "output": b.output} for b in self.branches],
-            "merge": "spatial" if self.pruned else "spatial_unpad",
+            "view_rule": VISIONZIP_VIEW_RULE if self.method == "visionzip" else VIEW_RULE,
+            "view_budgets": [self._budget(b) for b in self.branches],
+            "merge": merge_rule(self.method),
             "image_newline": image_newline,
-            "order": ORDER,
+            "order": VISIONZIP_ORDER if self.method == "visionzip" else ORDER,
             "max_tokens_per_image": self.max_tokens_per_image,
         }
 

@@ -100,6 +100,15 @@ def _resolve_backend(name: str, verbose: bool = False):
     return trt_compat.load_backend(name, verbose), None
 
 
+# Methods whose selection stays in standard ops even with --selector plugin (README, "Pruning
+# methods"): config.json then says selector "onnx" with this reason.
+NO_PLUGIN_FORM = {
+    "scope": "scope has no plugin form: its K greedy steps are one ONNX Loop (standard ops) in every engine",
+    "visionzip": "visionzip has no plugin form: its dominant top-K, targets and merge are standard ONNX ops "
+                 "in every engine",
+}
+
+
 def _plugin_selector(options: BuildOptions, backend, cfg):
     """(selector callable or None, plugin library path or None, reason)."""
     wanted = options.selector
@@ -107,6 +116,8 @@ def _plugin_selector(options: BuildOptions, backend, cfg):
         if wanted == "plugin" and backend is None:
             raise UserError("--selector plugin needs a TensorRT backend (tensorrt or tensorrt-rtx)")
         return None, None, "--selector onnx" if wanted == "onnx" else "no TensorRT backend (ONNX graphs only)"
+    if cfg.method in NO_PLUGIN_FORM:
+        return None, None, NO_PLUGIN_FORM[cfg.method]
     try:
         import plugins
 
@@ -340,6 +351,8 @@ def _vision_graphs(options: BuildOptions, loaded, plan, cfg, projection, selecto
     """vision.onnx (standard ops, for ONNX Runtime) and, with the plugin selector, the
     vision_plugin.onnx TensorRT builds from; returns the `vision` section."""
     tokens = f"K={cfg.output_count}"
+    if cfg.method == "visionzip" and plan is None:
+        tokens += f": CLS + {cfg.dominant_patches} dominant + {cfg.contextual} contextual"
     if plan is not None and plan.pruned:
         tokens = f"K={plan.keep} per image: " + "/".join(str(b.output) for b in plan.branches) + " per view"
     _say(f"exporting the {cfg.method} vision graph ({tokens}, {options.precision})")

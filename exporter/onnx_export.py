@@ -20,7 +20,7 @@ from .onnx_versions import BASE
 from .anyres_graph import AnyresVisionGraph, SelectorFactory
 from .anyres_plan import AnyresPlan
 from .pruning import PruneConfig
-from .vision_graph import PrunedVisionGraph, Selector
+from .vision_graph import PrunedVisionGraph, Selector, debug_output_names
 
 ONNX_OPSET, ONNX_IR_VERSION = BASE
 EXTERNAL_DATA_THRESHOLD = 1 << 30  # bytes of weights above which tensors go to a .data file
@@ -42,10 +42,21 @@ def vision_io(parts: VisionParts, cfg: PruneConfig, precision: str, debug_scores
         {"name": "kept_indices", "shape": [-1, k], "dtype": "int64"},
     ]
     if debug_scores:
-        outputs.append(
-            {"name": "layer_scores", "shape": [-1, len(cfg.layers), cfg.num_patches + 1], "dtype": "float32"}
-        )
+        outputs += debug_outputs(cfg)
     return {"inputs": inputs, "outputs": outputs}
+
+
+def debug_outputs(cfg: PruneConfig) -> list[dict]:
+    """`--debug-scores` outputs: layer_scores (B, L, 1+N) for the column-mean methods;
+    cls_scores (B, 1+N) for SCOPE / VisionZip, plus VisionZip's token_assignment (B, N) int64
+    (-1 dominant, else the contextual slot)."""
+    n = cfg.num_patches
+    shapes = {
+        "layer_scores": ([-1, len(cfg.layers), n + 1], "float32"),
+        "cls_scores": ([-1, n + 1], "float32"),
+        "token_assignment": ([-1, n], "int64"),
+    }
+    return [{"name": name, "shape": shapes[name][0], "dtype": shapes[name][1]} for name in debug_output_names(cfg)]
 
 
 def build_graph_module(
@@ -94,7 +105,7 @@ def export_vision_onnx(
         args = (pixel_values, torch.ones(2, clip_projection.out_features))
         input_names.append("text_embeds")
         dynamic_axes["text_embeds"] = {0: "batch"}
-    output_names = ["visual_features", "kept_indices"] + (["layer_scores"] if debug_scores else [])
+    output_names = ["visual_features", "kept_indices"] + (debug_output_names(cfg) if debug_scores else [])
     for name in output_names:
         dynamic_axes[name] = {0: "batch"}
     files = _save_onnx(module, args, Path(path), input_names, output_names, dynamic_axes)
@@ -147,9 +158,7 @@ def anyres_vision_io(parts: VisionParts, plan: AnyresPlan, precision: str, debug
         {"name": "kept_indices", "shape": [-1, r], "dtype": "int64"},
     ]
     if debug_scores:
-        layers = len(plan.config.layers)
-        outputs.append({"name": "layer_scores", "shape": [-1, layers, plan.config.num_patches + 1],
-                        "dtype": "float32"})
+        outputs += debug_outputs(plan.config)
     return {"inputs": inputs, "outputs": outputs}
 
 
@@ -192,7 +201,7 @@ def export_anyres_vision_onnx(
         text_dim = clip_projection.out_features
         args = (*args, torch.ones(views, text_dim))
         input_names.append("text_embeds")
-    output_names = ["visual_features", "kept_indices"] + (["layer_scores"] if debug_scores else [])
+    output_names = ["visual_features", "kept_indices"] + (debug_output_names(plan.config) if debug_scores else [])
     dynamic_axes = {name: {0: "views"} for name in input_names + output_names}
     files = _save_onnx(module, args, Path(path), input_names, output_names, dynamic_axes)
     return {**anyres_vision_io(parts, plan, precision, debug_scores, text_dim), "files": files}

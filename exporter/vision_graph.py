@@ -8,6 +8,7 @@ never computed, and fp16 graphs keep LayerNorm, softmax and score reductions in 
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Callable
 
 import torch
@@ -28,6 +29,28 @@ def standard_selector(cfg: PruneConfig) -> Selector:
         return vectorized.select(cfg, layer_rows, similarity)
 
     return select
+
+
+@dataclass
+class Encoded:
+    """What the encoder hands to the selection: the feature layer's output (with CLS), the
+    column-mean scores of the method's layers, and for SCOPE / VisionZip the CLS query row of
+    the CLS layer (B, 1+N) float32 and, for VisionZip, that layer's head-mean keys (B, 1+N, Dk)."""
+
+    features: torch.Tensor
+    scores: dict[int, torch.Tensor]
+    cls_scores: torch.Tensor | None = None
+    keys: torch.Tensor | None = None
+
+
+def debug_output_names(cfg: PruneConfig) -> list[str]:
+    """Extra outputs of a `--debug-scores` graph: the statistic the method ranks by (and
+    VisionZip's assignment of every patch)."""
+    if cfg.method == "visionzip":
+        return ["cls_scores", "token_assignment"]
+    if cfg.method == "scope":
+        return ["cls_scores"]
+    return ["layer_scores"]
 
 
 def _layer_norm(module: nn.LayerNorm, x: torch.Tensor) -> torch.Tensor:
@@ -64,7 +87,9 @@ class PrunedVisionGraph(nn.Module):
         self.clip_projection = clip_projection
         if cfg.uses_prompt and clip_projection is None:
             raise ValueError("hiprune++ needs the CLIP visual projection of a text tower")
-        last_needed = max(self.score_layers, default=-1) + 1
+        self.cls_layer = cfg.cls_layer_index if cfg.uses_cls_row else None
+        tapped = self.score_layers + ((self.cls_layer,) if self.cls_layer is not None else ())
+        last_needed = max(tapped, default=-1) + 1
         self.total_layers = max(self.run_layers, last_needed)
 
     # -- attention ------------------------------------------------------------------------
@@ -92,20 +117,34 @@ class PrunedVisionGraph(nn.Module):
         out = self._merge(attn, torch.matmul(probs.to(v.dtype), v)) if need_output else None
         return out, score
 
+    def _cls_attention(self, attn: nn.Module, x: torch.Tensor):
+        """The fused attention for every query (the layer's output), plus only the CLS query's
+        probability row (float32 softmax, mean over heads) and the head-mean keys: SCOPE and
+        VisionZip read nothing else of this layer, so its full probability map never exists."""
+        q, k, v = self._qkv(attn, x)
+        out = self._merge(attn, F.scaled_dot_product_attention(q, k, v, scale=attn.scale))
+        logits = torch.matmul(q[:, :, :1], k.transpose(-1, -2)).float() * attn.scale  # (B, H, 1, S)
+        cls_row = torch.softmax(logits, dim=-1).mean(dim=1)[:, 0]  # (B, S) float32
+        keys = k.float().mean(dim=1) if self.cfg.method == "visionzip" else None  # (B, S, Dk)
+        return out, cls_row, keys
+
     # -- forward ----------------------------------------------------------------------------
-    def encode(self, pixel_values: torch.Tensor):
-        """Hidden state after `run_layers` layers, and the scores of the method's layers."""
+    def encode(self, pixel_values: torch.Tensor) -> Encoded:
+        """Hidden state after `run_layers` layers, the scores of the method's layers and the
+        CLS-layer taps of SCOPE / VisionZip."""
         dtype = self.clip.embeddings.patch_embedding.weight.dtype
         h = self.clip.embeddings(pixel_values.to(dtype))
         h = _layer_norm(self.clip.pre_layrnorm, h)
-        scores: dict[int, torch.Tensor] = {}
-        features = h
+        encoded = Encoded(h, {})
+        scores = encoded.scores
         for i in range(self.total_layers):
             layer = self.clip.encoder.layers[i]
             x = _layer_norm(layer.layer_norm1, h)
             need_output = i < self.run_layers
             if i in self.score_layers:
                 attn_out, scores[i] = self._scored_attention(layer.self_attn, x, need_output)
+            elif i == self.cls_layer:
+                attn_out, encoded.cls_scores, encoded.keys = self._cls_attention(layer.self_attn, x)
             else:
                 attn_out = self._fused_attention(layer.self_attn, x)
             if not need_output:
@@ -113,8 +152,8 @@ class PrunedVisionGraph(nn.Module):
             h = h + attn_out
             h = h + layer.mlp(_layer_norm(layer.layer_norm2, h))
             if i == self.run_layers - 1:
-                features = h
-        return features, scores
+                encoded.features = h
+        return encoded
 
     def prompt_similarity(self, patch_features: torch.Tensor, text_embeds: torch.Tensor) -> torch.Tensor:
         """Cosine between each patch's CLIP image embedding and the prompt's text embedding."""
@@ -125,22 +164,42 @@ class PrunedVisionGraph(nn.Module):
         return torch.matmul(image, text.unsqueeze(-1)).squeeze(-1)
 
     def forward(self, pixel_values: torch.Tensor, text_embeds: torch.Tensor | None = None):
-        features, scores = self.encode(pixel_values)
+        encoded = self.encode(pixel_values)
+        features, scores = encoded.features, encoded.scores
         patches = features[:, 1:]
+        debug: list[torch.Tensor] = []
         if self.cfg.method == "none":
             kept = self.selector(patches[..., :0, 0].unsqueeze(1), None)
             selected = patches
+        elif self.cfg.method == "scope":
+            steps = vectorized.scope_steps(self.cfg, encoded.cls_scores[:, 1:], patches, self.cfg.keep)
+            kept = vectorized.scope_select(self.cfg, steps)
+            selected = gather_rows(patches, kept)
+            debug = [encoded.cls_scores]
+        elif self.cfg.method == "visionzip":
+            tokens, kept, assignment = vectorized.visionzip(
+                self.cfg, encoded.cls_scores[:, 1:], features, encoded.keys, with_assignment=self.debug_scores
+            )
+            selected = tokens.to(features.dtype)
+            debug = [encoded.cls_scores, assignment]
         else:
             rows = torch.stack([scores[i][:, 1:] for i in self.score_layers], dim=1)
             similarity = None
             if self.cfg.uses_prompt:
                 similarity = self.prompt_similarity(patches, text_embeds)
             kept = self.selector(rows, similarity)
-            index = kept.unsqueeze(-1).expand(-1, -1, patches.shape[-1])
-            selected = torch.gather(patches, 1, index)
+            selected = gather_rows(patches, kept)
         visual = self.projector(selected)
         outputs = [visual, kept]
         if self.debug_scores:
-            outputs.append(torch.stack([scores[i] for i in self.score_layers], dim=1)
-                           if self.score_layers else features[:, :, :0].float().unsqueeze(1))
+            if self.cfg.uses_cls_row:
+                outputs.extend(debug)
+            else:
+                outputs.append(torch.stack([scores[i] for i in self.score_layers], dim=1)
+                               if self.score_layers else features[:, :, :0].float().unsqueeze(1))
         return tuple(outputs)
+
+
+def gather_rows(patches: torch.Tensor, kept: torch.Tensor) -> torch.Tensor:
+    """patches[b, kept[b, i]]: (B, N, D), (B, K) -> (B, K, D)."""
+    return torch.gather(patches, 1, kept.unsqueeze(-1).expand(-1, -1, patches.shape[-1]))

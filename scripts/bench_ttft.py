@@ -13,6 +13,12 @@ so the ideal TTFT ratio at K=128 is ~0.32 in both (see `balance` in the JSON).
 `--model llava-next-7b-cpu` does the same for LLaVA-NeXT (same scaled widths, the real anyres
 layouts) on a square 672 px image (5 views, 2880 patches; the stock `none` path feeds 2928
 tokens with its row newlines) at K = 640, 320, 160 per image.
+
+Methods: hivtp, hiprune, scope, visionzip by default (`--methods`). The FLOP ideal counts the
+encoder, the projector on the kept rows and the prefill; selection costs (SCOPE's Gram matrix,
+0.2 % of the CLIP-L encoder, and its K-step loop) are left out of it and show up in the
+measured ratio. A method the runtime cannot run for the model yet is skipped with the reason
+(LLaVA-NeXT VisionZip needs the runtime's "visionzip" merge).
 """
 from __future__ import annotations
 
@@ -129,6 +135,17 @@ def build(model: str, method: str, keep: int | None, root: Path, random_weights:
     return out
 
 
+def unsupported(method: str, anyres: bool) -> str | None:
+    """Why the runtime cannot run `method` on this kind of model yet (None: it can)."""
+    if anyres and method == "visionzip":
+        from exporter.anyres_plan import merge_rule
+        from runtime.anyres import MERGES
+
+        if merge_rule(method) not in MERGES:
+            return "the runtime has no LLaVA-NeXT VisionZip merge yet (runtime/anyres.py MERGES)"
+    return None
+
+
 def next_image(work: Path) -> Path:
     """A fixed square photo-like image: LLaVA-NeXT's 2 x 2 layout, 5 views (2880 patches)."""
     import numpy as np
@@ -160,7 +177,7 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--model", default=SCALED,
                    help=f"default: {SCALED} (random weights); {SCALED_NEXT} for LLaVA-NeXT; or tiny-llava, ...")
-    p.add_argument("--methods", nargs="+", default=["hivtp", "hiprune"])
+    p.add_argument("--methods", nargs="+", default=["hivtp", "hiprune", "scope", "visionzip"])
     p.add_argument("--keeps", nargs="+", type=int, help="default 64 128 192; LLaVA-NeXT models: 640 320 160")
     p.add_argument("--runs", type=int, default=5)
     p.add_argument("--new-tokens", type=int, default=32)
@@ -184,9 +201,16 @@ def main(argv=None) -> int:
     args.out = args.out or ROOT / "benchmarks" / "results" / ("ttft_next_cpu.json" if anyres else "ttft_cpu.json")
     image = next_image(args.work) if anyres else None
     views = image_layout(config, (NEXT_IMAGE_SIDE, NEXT_IMAGE_SIDE)).views if anyres else 1
+    methods = []
+    for m in args.methods:
+        reason = unsupported(m, anyres)
+        if reason:
+            print(f"skipping {m}: {reason}", file=sys.stderr)
+        else:
+            methods.append(m)
     dirs = [build(args.model, "none", None, args.work, random_weights, args.precision, anyres)]
     dirs += [build(args.model, m, k, args.work, random_weights, args.precision, anyres)
-             for m in args.methods for k in keeps]
+             for m in methods for k in keeps]
     results = bench([str(d) for d in dirs], "onnxruntime", runs=args.runs, warmup=1, new_tokens=args.new_tokens,
                     prompt=PROMPT, image=str(image) if image else None, threads=args.threads)
     print(table(results))

@@ -1,8 +1,12 @@
 """Vision-graph latency on ONNX Runtime: `none` vs every method at K = 64, 128, 192, and the
-cost of the selection subgraph alone (scores -> indices) as a share of the whole graph.
+cost of the selection subgraph alone as a share of the whole graph: scores -> indices for HIVTP
+and HiPrune; for SCOPE the CLS row + patch features -> indices (the Gram matrix and the K-step
+greedy Loop; the Gram matrix alone is timed too, so the loop's cost is the difference); for
+VisionZip the CLS row + hidden states + keys -> merged tokens.
 
 Usage: python scripts/bench_vision.py [--model llava-1.5-7b] [--runs 5] [--provider cpu|cuda]
-         [--precision fp32|fp16] [--out benchmarks/results/vision_<provider>.json]
+         [--precision fp32|fp16] [--methods hivtp,hiprune,hiprune++,scope,visionzip]
+         [--out benchmarks/results/vision_<provider>.json]
 Builds the shape-exact random-weight model from MODELS.md (no download).
 """
 from __future__ import annotations
@@ -27,6 +31,8 @@ sys.path.insert(0, str(ROOT))
 from exporter.build import versions  # noqa: E402
 from exporter.onnx_export import ONNX_IR_VERSION, ONNX_OPSET, export_vision_onnx  # noqa: E402
 from exporter.pruning import make_config, vectorized  # noqa: E402
+
+METHODS = ("hivtp", "hiprune", "hiprune++", "scope", "visionzip")
 from models import load_model  # noqa: E402
 from models.text_tower import load_visual_projection  # noqa: E402
 
@@ -66,19 +72,64 @@ class SelectionOnly(torch.nn.Module):
         return vectorized.select(self.cfg, rows, similarity)
 
 
-def export_selection(cfg, path: Path) -> dict:
+class ScopeSelection(torch.nn.Module):
+    """CLS row + patch features -> kept indices; `gram_only` stops after the Gram matrix."""
+
+    def __init__(self, cfg, gram_only: bool = False, unrolled: bool = False):
+        super().__init__()
+        self.cfg, self.gram_only, self.unrolled = cfg, gram_only, unrolled
+
+    def forward(self, cls_scores, features):
+        if self.gram_only:
+            return vectorized.cosine_matrix(features)
+        return vectorized.scope(self.cfg, cls_scores[:, 1:], features, unrolled=self.unrolled)
+
+
+class VisionZipSelection(torch.nn.Module):
+    def __init__(self, cfg):
+        super().__init__()
+        self.cfg = cfg
+
+    def forward(self, cls_scores, hidden, keys):
+        tokens, kept, _ = vectorized.visionzip(self.cfg, cls_scores[:, 1:], hidden, keys)
+        return tokens, kept
+
+
+def selection_inputs(cfg, width: int, heads: int) -> tuple[torch.nn.Module, dict[str, torch.Tensor]]:
+    """The selection subgraph of `cfg` and random inputs of the vision tower's shapes."""
+    n = cfg.num_patches
+    gen = torch.Generator().manual_seed(0)
+    if cfg.method == "scope":
+        cls = torch.softmax(torch.randn(1, n + 1, generator=gen), -1)
+        return ScopeSelection(cfg), {"cls_scores": cls, "features": torch.randn(1, n, width, generator=gen)}
+    if cfg.method == "visionzip":
+        cls = torch.softmax(torch.randn(1, n + 1, generator=gen), -1)
+        return VisionZipSelection(cfg), {"cls_scores": cls, "hidden": torch.randn(1, n + 1, width, generator=gen),
+                                         "keys": torch.randn(1, n + 1, width // heads, generator=gen)}
+    feeds = {"layer_rows": torch.rand(1, len(cfg.layers), n, generator=gen)}
+    if cfg.uses_prompt:
+        feeds["similarity"] = torch.rand(1, n, generator=gen)
+    return SelectionOnly(cfg), feeds
+
+
+def export_selection(module: torch.nn.Module, feeds: dict[str, torch.Tensor], path: Path) -> dict:
     import onnx
 
-    rows = torch.rand(1, len(cfg.layers), cfg.num_patches)
-    args, names = (rows,), ["layer_rows"]
-    if cfg.uses_prompt:
-        args, names = (rows, torch.rand(1, cfg.num_patches)), ["layer_rows", "similarity"]
-    torch.onnx.export(SelectionOnly(cfg), args, str(path), input_names=names, output_names=["kept"],
+    torch.onnx.export(module, tuple(feeds.values()), str(path), input_names=list(feeds),
                       opset_version=ONNX_OPSET, dynamo=False)
     model = onnx.load(str(path))
     model.ir_version = ONNX_IR_VERSION
     onnx.save(model, str(path))
-    return {n: a.numpy() for n, a in zip(names, args)}
+    return {name: value.numpy() for name, value in feeds.items()}
+
+
+def time_graph(feeds: dict, path: Path, options, args) -> float:
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(path), options, providers=PROVIDERS[args.provider])
+    wanted = {i.name for i in session.get_inputs()}  # an unused input is dropped by the export
+    feeds = {name: value for name, value in feeds.items() if name in wanted}
+    return statistics.median(time_session(session, feeds, args.selection_runs))
 
 
 def main() -> int:
@@ -94,6 +145,7 @@ def main() -> int:
     ap.add_argument("--provider", default="cpu", choices=PROVIDERS)
     ap.add_argument("--precision", default="fp32", choices=("fp32", "fp16"))
     ap.add_argument("--keeps", default="64,128,192")
+    ap.add_argument("--methods", default=",".join(METHODS), help=f"comma-separated, default {','.join(METHODS)}")
     ap.add_argument("--out", type=Path)
     args = ap.parse_args()
     out = args.out or ROOT / "benchmarks" / "results" / f"vision_{args.provider}_{args.precision}.json"
@@ -105,9 +157,12 @@ def main() -> int:
     pixels = np.random.default_rng(0).standard_normal((1, 3, parts.image_size, parts.image_size)).astype(dtype)
     text = np.random.default_rng(1).standard_normal((1, projection.out_features)).astype(np.float32)
     keeps = [int(k) for k in args.keeps.split(",")]
-    configs = [make_config("none", None)] + [
-        make_config(m, k) for m in ("hivtp", "hiprune", "hiprune++") for k in keeps
-    ]
+    methods = [m for m in args.methods.split(",") if m]
+    unknown = set(methods) - set(METHODS)
+    if unknown:
+        ap.error(f"--methods: unknown {', '.join(sorted(unknown))} (known: {', '.join(METHODS)})")
+    configs = [make_config("none", None)] + [make_config(m, k) for m in methods for k in keeps]
+    width, heads = parts.config.vision_config.hidden_size, parts.config.vision_config.num_attention_heads
     options = ort.SessionOptions()
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -127,11 +182,14 @@ def main() -> int:
             }
             if cfg.method != "none":
                 sel_path = Path(tmp) / "selection.onnx"
-                sel_feeds = export_selection(cfg, sel_path)
-                sel = ort.InferenceSession(str(sel_path), options, providers=PROVIDERS[args.provider])
-                sel_ms = time_session(sel, sel_feeds, args.selection_runs)
-                row["selection_ms_median"] = statistics.median(sel_ms)
+                module, feeds = selection_inputs(cfg, width, heads)
+                row["selection_ms_median"] = time_graph(export_selection(module, feeds, sel_path), sel_path,
+                                                        options, args)
                 row["selection_share_percent"] = 100 * row["selection_ms_median"] / row["vision_ms_median"]
+                if cfg.method == "scope":  # the Gram matrix alone: the rest is the greedy loop
+                    gram = export_selection(ScopeSelection(cfg, gram_only=True), feeds, sel_path)
+                    row["gram_ms_median"] = time_graph(gram, sel_path, options, args)
+                    row["loop_ms_median"] = row["selection_ms_median"] - row["gram_ms_median"]
             rows.append(row)
             tqdm.write(json.dumps(row))
 
@@ -147,6 +205,13 @@ def main() -> int:
         "versions": versions(),
         "command": shlex.join(["python", "scripts/bench_vision.py", *sys.argv[1:]]),
         "target": "selection < 1 % of the vision graph",
+        "selection_inputs": {
+            "hivtp/hiprune": "layer score rows -> kept indices",
+            "hiprune++": "layer score rows + prompt similarity -> kept indices",
+            "scope": "CLS row + patch features -> kept indices (Gram matrix + K-step greedy Loop + top-K); "
+                     "gram_ms_median: the Gram matrix alone, loop_ms_median = the difference",
+            "visionzip": "CLS row + hidden states + head-mean keys -> merged tokens and their indices",
+        },
         "results": rows,
     }
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -158,13 +223,15 @@ def main() -> int:
 
 def markdown(result: dict) -> str:
     lines = [
-        "| method | K | vision graph (ms, median) | vs none | selection alone (ms) | selection share |",
-        "|---|---:|---:|---:|---:|---:|",
+        "| method | K | vision graph (ms, median) | vs none | selection alone (ms) | selection share | of it SCOPE's loop (ms) |",
+        "|---|---:|---:|---:|---:|---:|---:|",
     ]
     for r in result["results"]:
         sel = f"{r['selection_ms_median']:.3f}" if "selection_ms_median" in r else "-"
         share = f"{r['selection_share_percent']:.3f} %" if "selection_share_percent" in r else "-"
-        lines.append(f"| {r['method']} | {r['keep']} | {r['vision_ms_median']:.0f} | {r['ratio_vs_none']:.3f} | {sel} | {share} |")
+        loop = f"{r['loop_ms_median']:.3f}" if "loop_ms_median" in r else "-"
+        lines.append(f"| {r['method']} | {r['keep']} | {r['vision_ms_median']:.0f} | {r['ratio_vs_none']:.3f} | {sel} | "
+                     f"{share} | {loop} |")
     return "\n".join(lines)
 
 

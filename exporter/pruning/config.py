@@ -8,7 +8,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-METHODS = ("none", "hivtp", "hiprune", "hiprune++")
+METHODS = ("none", "hivtp", "hiprune", "hiprune++", "scope", "visionzip")
+# Methods ranked by the CLS query row of the feature layer's attention (PRUNING.md 8), not by
+# the column-mean layer scores of `PruneConfig.layers`.
+CLS_ROW_METHODS = ("scope", "visionzip")
 
 DEFAULT_PARAMS: dict[str, dict[str, Any]] = {
     "none": {},
@@ -21,7 +24,14 @@ DEFAULT_PARAMS: dict[str, dict[str, Any]] = {
         "buffer_edges": "clamp",
         "beta": 0.1,
     },
+    "scope": {"alpha": 1.0, "combine": "multi"},
+    "visionzip": {"contextual": None},  # None: the released table, else the 10.2 rule
 }
+
+# Contextual tokens per total budget in the released settings (kinredon/SCOPE builder.py;
+# dvlab's README: 54 + 10 = 64); other totals follow `default_contextual`.
+VISIONZIP_CONTEXTUAL = {8: 2, 16: 4, 32: 6, 48: 8, 64: 10, 128: 20, 160: 25, 192: 30, 320: 50, 640: 100}
+SCOPE_COMBINE = ("multi", "add")
 
 # Released HIVTP constants (keep=None): 25 % of every region, 2 x 2 windows.
 RELEASED_HIVTP_REGION_FRACTION = 0.25
@@ -31,6 +41,14 @@ RELEASED_HIVTP_WINDOW = 2
 def round_half_even(x: float) -> int:
     """Python's round() is banker's rounding, which is what the released HiPrune code uses."""
     return int(round(x))
+
+
+def default_contextual(keep: int) -> int:
+    """VisionZip's C for a total of `keep` tokens: the released table, else
+    max(1, round_half_even(K * 10 / 64)) (this project's rule; PRUNING.md 10.2)."""
+    if keep in VISIONZIP_CONTEXTUAL:
+        return VISIONZIP_CONTEXTUAL[keep]
+    return max(1, round_half_even(keep * 10 / 64))
 
 
 @dataclass(frozen=True)
@@ -87,6 +105,49 @@ class PruneConfig:
             return None
         return self.keep + self.num_extra
 
+    # ---- SCOPE and VisionZip (PRUNING.md 8-10) -------------------------------------------------
+    @property
+    def uses_cls_row(self) -> bool:
+        """Ranks patches by the CLS query row of the feature layer (`cls_scores`)."""
+        return self.method in CLS_ROW_METHODS
+
+    @property
+    def cls_layer_index(self) -> int:
+        """0-based encoder layer whose CLS row both methods read: `attentions[-2]`, the layer
+        whose output LLaVA uses (23 of 24 for CLIP-L)."""
+        return self.num_layers - 2
+
+    @property
+    def contextual(self) -> int:
+        """VisionZip's C: merged contextual tokens."""
+        c = self.params.get("contextual")
+        return default_contextual(self.keep) if c is None else int(c)
+
+    @property
+    def dominant(self) -> int:
+        """VisionZip's D, counting the CLS token like the authors' `dominant` argument."""
+        return self.keep - self.contextual
+
+    @property
+    def dominant_patches(self) -> int:
+        """Kd = D - 1 patches kept as they are (CLS is always kept)."""
+        return self.dominant - 1
+
+    @property
+    def remaining(self) -> int:
+        """R: the non-dominant patches, the list the contextual targets are taken from."""
+        return self.num_patches - self.dominant_patches
+
+    @property
+    def target_step(self) -> int:
+        """Stride over the ascending non-dominant list: max(1, R // C) (released rule)."""
+        return max(1, self.remaining // self.contextual)
+
+    @property
+    def target_positions(self) -> tuple[int, ...]:
+        """Positions in the non-dominant list of the C targets: 0, step, ..., (C-1)*step."""
+        return tuple(i * self.target_step for i in range(self.contextual))
+
     @property
     def region_shape(self) -> tuple[int, int]:
         r = self.params["regions"]
@@ -137,6 +198,18 @@ class PruneConfig:
             }
         if self.method in ("hiprune", "hiprune++"):
             out["derived"] = {"anchors": self.num_anchors, "extra_tokens": self.num_extra}
+        if self.method == "scope":
+            out["derived"] = {"cls_layer": self.cls_layer_index, "greedy_steps": self.keep}
+        if self.method == "visionzip":
+            out["derived"] = {
+                "cls_layer": self.cls_layer_index,
+                "dominant": self.dominant,
+                "dominant_patches": self.dominant_patches,
+                "contextual": self.contextual,
+                "remaining": self.remaining,
+                "target_step": self.target_step,
+                "rows": ["cls", f"dominant x{self.dominant_patches}", f"contextual x{self.contextual}"],
+            }
         return out
 
 
@@ -187,6 +260,9 @@ def make_config(
             raise ValueError(f"keep must be None or {n} (all patches) for method 'none', got {keep!r}")
         return PruneConfig(method, n, grid, num_layers, p)
 
+    if method in CLS_ROW_METHODS:
+        return _cls_row_config(method, keep, grid, num_layers, p)
+
     if keep is None:
         if method != "hivtp":
             raise ValueError(f"keep must be an integer in 1..{n} for method {method!r}, got None")
@@ -231,4 +307,36 @@ def make_config(
                     f"beta={p['beta']} adds {cfg.num_extra} tokens to keep={keep}, more than the {n} patches"
                 )
         return cfg
+    return PruneConfig(method, keep, grid, num_layers, p)
+
+
+def _cls_row_config(method: str, keep: Any, grid: tuple[int, int], num_layers: int, p: dict) -> PruneConfig:
+    n = grid[0] * grid[1]
+    if num_layers < 2:
+        raise ValueError(f"{method} reads the CLS row of layer L-1: num_layers must be at least 2, got {num_layers}")
+    if method == "scope":
+        _check_int("keep", keep, 1, n)
+        alpha = p["alpha"]
+        if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not alpha > 0 or alpha == float("inf"):
+            raise ValueError(f"alpha must be a number > 0 (the saliency exponent), got {alpha!r}")
+        p["alpha"] = float(alpha)
+        if p["combine"] not in SCOPE_COMBINE:
+            raise ValueError(f"combine must be 'multi' or 'add', got {p['combine']!r}")
+        return PruneConfig(method, keep, grid, num_layers, p)
+
+    # VisionZip: K = CLS + Kd dominant patches + C contextual tokens.
+    if isinstance(keep, bool) or not isinstance(keep, int) or not 2 <= keep <= n:
+        raise ValueError(
+            f"keep must be an integer in 2..{n} for visionzip (the CLS token + at least one "
+            f"contextual token), got {keep!r}"
+        )
+    c = p["contextual"]
+    if c is not None:
+        if isinstance(c, bool) or not isinstance(c, int) or c < 1:
+            raise ValueError(f"contextual must be an integer >= 1 (C merged tokens), got {c!r}")
+        if c >= keep:
+            raise ValueError(
+                f"contextual={c} leaves no room for the CLS token in keep={keep}: "
+                f"contextual must be in 1..{keep - 1}"
+            )
     return PruneConfig(method, keep, grid, num_layers, p)

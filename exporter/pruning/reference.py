@@ -127,3 +127,81 @@ def select_one(
     if cfg.method == "hiprune++":
         kept = add_prompt_tokens(kept, similarity.float().tolist(), cfg)
     return kept
+
+
+# ---- SCOPE (PRUNING.md 9) -------------------------------------------------------------------
+def cosine_matrix(features: torch.Tensor) -> torch.Tensor:
+    """(N, N) float32 cosine similarity of the rows: each row divided by its norm (no epsilon,
+    as released: a zero row gives NaN), then one matrix product."""
+    x = features.float()
+    x = x / x.norm(dim=-1, keepdim=True)
+    return x @ x.T
+
+
+def scope_order(saliency: torch.Tensor, features: torch.Tensor, cfg: PruneConfig, steps: int) -> list[int]:
+    """SCOPE's greedy picks, in pick order, for one image: `steps` times, every unselected
+    patch j scores coverage gain * saliency, gain[j] = sum over ALL i of max(0, S[i, j] - c[i]),
+    the best one joins (ties: the lower index, as torch.argmax), and c = max(c, S[j]).
+
+    saliency: (N,) CLS-row scores of the patches (CLS column already dropped)."""
+    sim = cosine_matrix(features)
+    a = saliency.float()
+    if cfg.params["alpha"] != 1.0:
+        a = a ** cfg.params["alpha"]
+    additive = cfg.params["combine"] == "add"
+    a = a.tolist()
+    cover = torch.zeros(cfg.num_patches)
+    picked: list[int] = []
+    chosen: set[int] = set()
+    for _ in range(steps):
+        gain = torch.relu(sim - cover[:, None]).sum(0).tolist()
+        score = [g + s if additive else g * s for g, s in zip(gain, a)]
+        best = min((j for j in range(cfg.num_patches) if j not in chosen), key=lambda j: (-score[j], j))
+        picked.append(best)
+        chosen.add(best)
+        cover = torch.maximum(cover, sim[best])
+    return picked
+
+
+def scope(saliency: torch.Tensor, features: torch.Tensor, cfg: PruneConfig) -> list[int]:
+    """Kept patches of one image, ascending: the K greedy picks."""
+    return sorted(scope_order(saliency, features, cfg, cfg.keep))
+
+
+# ---- VisionZip (PRUNING.md 10) --------------------------------------------------------------
+def visionzip(saliency: torch.Tensor, hidden: torch.Tensor, keys: torch.Tensor, cfg: PruneConfig) -> dict:
+    """One image. saliency (N,) CLS-row scores of the patches; hidden (1+N, D) the feature
+    layer's output with the CLS row; keys (1+N, Dk) its head-mean keys.
+
+    Returns tokens (1 + Kd + C, D) float32 [CLS, dominant rows ascending, contextual tokens in
+    target order], dominant (Kd patches, ascending), targets (C patches, in target order) and
+    assignment (N,): -1 for a dominant patch, else the contextual slot it joined."""
+    n = cfg.num_patches
+    s = saliency.float().tolist()
+    dominant = sorted(_best_first(range(n), s)[: cfg.dominant_patches])
+    is_dominant = set(dominant)
+    rest = [p for p in range(n) if p not in is_dominant]  # ascending
+    targets = [rest[i] for i in cfg.target_positions]
+    is_target = set(targets)
+    others = [p for p in rest if p not in is_target]
+
+    k = keys.float()
+    k = k / k.norm(dim=-1, keepdim=True)
+    # cos(other, target) for every pair: products summed over the key width. (The released
+    # bmm computes the same sums; a spelled-out product keeps the rounding independent of how
+    # a matrix-product kernel blocks the batch.)
+    cos = (k[[1 + p for p in others]][:, None, :] * k[[1 + t for t in targets]][None, :, :]).sum(-1).tolist()
+    assignment = [-1] * n
+    for slot, t in enumerate(targets):
+        assignment[t] = slot
+    for row, p in zip(cos, others):
+        assignment[p] = _best_first(range(len(targets)), row)[0]  # first maximum
+
+    h = hidden.float()
+    contextual = []
+    for slot, t in enumerate(targets):
+        group = [p for p in others if assignment[p] == slot]
+        merged = h[[1 + p for p in group]].sum(0) / len(group) if group else torch.zeros_like(h[0])
+        contextual.append(h[1 + t] + merged)  # the target plus the mean of its group
+    rows = [h[0]] + [h[1 + p] for p in dominant] + contextual
+    return {"tokens": torch.stack(rows), "dominant": dominant, "targets": targets, "assignment": assignment}

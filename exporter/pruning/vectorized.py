@@ -139,3 +139,152 @@ def select(
         free_similarity = torch.where(kept, torch.zeros_like(priority), _key(similarity.to(torch.float32)))
         kept = kept | _top_mask(free_similarity, cfg.num_extra)
     return _sorted_indices(kept, cfg.output_count)
+
+
+# ---- SCOPE (PRUNING.md 9.2) -----------------------------------------------------------------
+def cosine_matrix(features: torch.Tensor) -> torch.Tensor:
+    """(B, N, N) float32 cosine similarity of each image's rows (no epsilon, as released)."""
+    x = features.float()
+    x = x / x.norm(dim=-1, keepdim=True)
+    return torch.matmul(x, x.transpose(1, 2))
+
+
+def scope_pick_steps(sim: torch.Tensor, add: torch.Tensor, mul: torch.Tensor, steps: int,
+                     unrolled: bool = False) -> torch.Tensor:
+    """SCOPE's greedy loop. Eager calls run it as Python; under the ONNX exporter's trace it
+    runs as its TorchScript form, so the graph gets one `Loop` with trip count `steps` instead
+    of `steps` unrolled copies of the body (same source, see `_greedy_loop`). `unrolled=True`
+    traces the copies instead, for the comparison in scripts/bench_scope_loop.py only."""
+    if torch.jit.is_tracing() and not unrolled:
+        return _scripted_greedy_loop()(sim, add, mul, steps)
+    return _greedy_loop(sim, add, mul, steps)
+
+
+_SCRIPTED: list = []
+
+
+def _scripted_greedy_loop():
+    """torch.jit.script(_greedy_loop), compiled on first export (not at import)."""
+    if not _SCRIPTED:
+        _SCRIPTED.append(torch.jit.script(_greedy_loop))
+    return _SCRIPTED[0]
+
+
+def _greedy_loop(sim: torch.Tensor, add: torch.Tensor, mul: torch.Tensor, steps: int) -> torch.Tensor:
+    """Returns (B, N) float32: the step at
+    which each patch was picked (0-based), `steps` for a patch never picked; the greedy picks
+    are prefix-consistent, so `result < k` is the selection of any k <= steps.
+
+    score = (gain + add) * mul: `add` = 0, `mul` = saliency for `multi`, `add` = saliency,
+    `mul` = 1 for `add` (both exact). The winner is the first maximum (ReduceMax, Equal,
+    ReduceMin over positions), never ArgMax/TopK, whose tie order TensorRT does not promise."""
+    n = sim.shape[-1]
+    position = torch.arange(n, dtype=torch.float32, device=sim.device).expand_as(mul)
+    nowhere = torch.full_like(position, float(n))
+    blocked = torch.full_like(mul, -float("inf"))
+    taken = torch.zeros_like(mul)  # constants made once, outside the loop body
+    cover = torch.zeros_like(mul)
+    free = torch.ones_like(mul)
+    rank = torch.zeros_like(mul)
+    for _ in range(steps):
+        gain = torch.relu(sim - cover.unsqueeze(-1)).sum(1)
+        score = torch.where(free > 0.5, (gain + add) * mul, blocked)
+        best = score.amax(-1, keepdim=True)
+        pick = torch.where(score == best, position, nowhere).amin(-1, keepdim=True)
+        free = torch.where(position == pick, taken, free)
+        rank = rank + free
+        # a NaN row finds no maximum (pick = n): clamp so the gather stays in range
+        row = pick.clamp(max=float(n - 1)).to(torch.int64).unsqueeze(-1).expand(-1, 1, n)
+        cover = torch.maximum(cover, torch.gather(sim, 1, row)[:, 0])
+    return rank
+
+
+def scope_terms(cfg: PruneConfig, saliency: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(add, mul) of `scope_pick_steps` for the saliency a = cls ** alpha."""
+    a = saliency.float()
+    if cfg.params["alpha"] != 1.0:
+        a = a ** cfg.params["alpha"]
+    if cfg.params["combine"] == "add":
+        return a, torch.ones_like(a)
+    return torch.zeros_like(a), a
+
+
+def scope_steps(cfg: PruneConfig, saliency: torch.Tensor, features: torch.Tensor, steps: int,
+                unrolled: bool = False) -> torch.Tensor:
+    add, mul = scope_terms(cfg, saliency)
+    return scope_pick_steps(cosine_matrix(features), add, mul, steps, unrolled)
+
+
+def scope_select(cfg: PruneConfig, pick_steps: torch.Tensor) -> torch.Tensor:
+    """(B, K) int64 ascending: the patches picked in the first K steps (section-2 top-K)."""
+    return _sorted_indices(pick_steps < cfg.keep, cfg.keep)
+
+
+def scope(cfg: PruneConfig, saliency: torch.Tensor, features: torch.Tensor, unrolled: bool = False) -> torch.Tensor:
+    """Kept indices (B, K) for saliency (B, N) and patch features (B, N, D)."""
+    return scope_select(cfg, scope_steps(cfg, saliency, features, cfg.keep, unrolled))
+
+
+# ---- VisionZip (PRUNING.md 10.2) ------------------------------------------------------------
+def _rows(x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """x[b, index[b, i]] for (B, S, D) x and (B, M) index -> (B, M, D)."""
+    return torch.gather(x, 1, index.unsqueeze(-1).expand(-1, -1, x.shape[-1]))
+
+
+def _unit(x: torch.Tensor) -> torch.Tensor:
+    return x / x.norm(dim=-1, keepdim=True)
+
+
+def visionzip(
+    cfg: PruneConfig,
+    saliency: torch.Tensor,
+    hidden: torch.Tensor,
+    keys: torch.Tensor,
+    with_assignment: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """saliency (B, N) CLS-row scores, hidden (B, 1+N, D) with the CLS row, keys (B, 1+N, Dk)
+    head-mean keys -> tokens (B, 1+Kd+C, D) float32, kept (B, 1+Kd+C) int64 and, if asked,
+    assignment (B, N) int64.
+
+    kept says where each row comes from: -1 for the CLS row, the dominant patches ascending,
+    then each contextual token's target patch. No scatter and no NonZero: the dominant set is
+    a top-K of distinct integer keys, the non-dominant list a top-K over a mask, and targets and
+    the others are static positions in that list."""
+    n = cfg.num_patches
+    kd, c = cfg.dominant_patches, cfg.contextual
+    batch = saliency.shape[0]
+    if kd > 0:
+        dominant_mask = _top_mask(_key(saliency.float()), kd)
+        dominant = _sorted_indices(dominant_mask, kd)
+    else:
+        dominant_mask = torch.zeros_like(saliency, dtype=torch.bool)
+        dominant = torch.zeros((batch, 0), dtype=torch.int64)
+    rest = _sorted_indices(~dominant_mask, cfg.remaining)
+    target_pos = set(cfg.target_positions)
+    targets = rest[:, list(cfg.target_positions)]
+    others = rest[:, [i for i in range(cfg.remaining) if i not in target_pos]]
+
+    k = keys.float()
+    # (B, R-C, C): products summed over the key width (Mul + ReduceSum, like the reference)
+    cos = (_unit(_rows(k, others + 1)).unsqueeze(2) * _unit(_rows(k, targets + 1)).unsqueeze(1)).sum(-1)
+    slots = torch.arange(c, dtype=torch.float32)
+    best = cos.amax(-1, keepdim=True)
+    slot = torch.where(cos == best, slots, torch.full_like(cos, float(c))).amin(-1)  # first maximum
+    onehot = (slot.unsqueeze(-1) == slots).to(torch.float32)  # (B, R-C, C)
+    counts = onehot.sum(1).clamp(min=1.0).unsqueeze(-1)
+    h = hidden.float()
+    merged = torch.matmul(onehot.transpose(1, 2), _rows(h, others + 1)) / counts
+    contextual = _rows(h, targets + 1) + merged
+
+    parts = [h[:, :1]] + ([_rows(h, dominant + 1)] if kd > 0 else []) + [contextual]
+    tokens = torch.cat(parts, dim=1)
+    cls_mark = torch.full_like(targets[:, :1], -1)
+    kept = torch.cat([cls_mark] + ([dominant] if kd > 0 else []) + [targets], dim=1)
+    assignment = None
+    if with_assignment:
+        patch = torch.arange(n).view(1, n, 1)
+        as_target = ((targets.unsqueeze(1) == patch).to(torch.float32) * slots).sum(-1)
+        as_other = ((others.unsqueeze(1) == patch).to(torch.float32) * slot.unsqueeze(1)).sum(-1)
+        assignment = torch.where(dominant_mask, torch.full_like(as_target, -1.0), as_target + as_other)
+        assignment = assignment.to(torch.int64)
+    return tokens, kept, assignment

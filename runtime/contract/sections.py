@@ -74,9 +74,11 @@ class ViewBudget:
     views: list[int]  # view counts (per image) that use this branch
     keep: int  # K_view
     output: int  # tokens per view the branch outputs
+    dominant_patches: int | None = None  # VisionZip: Kd dominant patches (rows 1..Kd after the CLS row)
+    contextual: int | None = None  # VisionZip: C contextual tokens (the last C rows)
 
 
-MERGES = ("spatial", "spatial_unpad")
+MERGES = ("spatial", "spatial_unpad", "visionzip")
 KV_CACHES = ("inplace", "concat")
 
 
