@@ -24,9 +24,15 @@ from runtime.backends.base import StepDecoder, TextBackend, VisionBackend, Visio
 from runtime.contract import EngineDir, Tensors, tensor
 from runtime.errors import EngineDirError, UserError, one_line
 
-from .pruning import layer_scores, select_tokens
+from .pruning import layer_scores, make_config, select_tokens, visionzip
+from .pruning.hf_inputs import cls_row_inputs
 
 NAME = "torch"
+CLS_ROW_METHODS = ("scope", "visionzip")  # read the layer-23 CLS row, not column-mean layer scores
+
+
+def _gather(rows: torch.Tensor, kept: torch.Tensor) -> torch.Tensor:
+    return torch.gather(rows, 1, kept[..., None].expand(-1, -1, rows.shape[-1]))
 
 
 @lru_cache(maxsize=2)
@@ -148,18 +154,35 @@ class TorchVision(VisionBackend):
         return self.parts.vision_tower(torch.from_numpy(np.asarray(pixel_values, np.float32)),
                                        output_hidden_states=True, output_attentions=attentions)
 
+    def _selected(self, pixel_values: np.ndarray, keep: int | None, text_embeds, grid) -> tuple[torch.Tensor, torch.Tensor]:
+        """(rows for the projector (B, k, D), kept (B, k)) by the reference rules. VisionZip's rows
+        are [CLS, dominant, contextual] with kept -1 for the CLS row and each contextual token's
+        target patch for the merged rows, as the graph reports them."""
+        method, params, grid = self.pruning.method, self.pruning.params, tuple(grid)
+        if method in CLS_ROW_METHODS:
+            taps = cls_row_inputs(self.parts.vision_tower, torch.from_numpy(np.asarray(pixel_values, np.float32)))
+            if method == "scope":
+                kept = select_tokens("scope", None, keep, grid=grid, cls_scores=taps.cls_scores, features=taps.patches,
+                                     **params)
+                return _gather(taps.patches, kept), kept
+            cfg = make_config("visionzip", keep, grid=grid, num_layers=self.pruning.num_layers, **params)
+            z = visionzip(cls_scores=taps.cls_scores, hidden_states=taps.hidden_states, keys=taps.keys,
+                          dominant=cfg.dominant, contextual=cfg.contextual, grid=grid)
+            cls = torch.full((z.dominant.shape[0], 1), -1, dtype=torch.int64)
+            return z.tokens, torch.cat([cls, z.dominant, z.targets], dim=1)
+        out = self._tower(pixel_values, method != "none")
+        patches = out.hidden_states[self.model.config.vision_feature_layer][:, 1:]
+        if method == "none":
+            kept = torch.arange(patches.shape[1]).expand(patches.shape[0], -1)
+        else:
+            kept = self._select(out, keep, text_embeds, grid)
+        return _gather(patches, kept), kept
+
     def __call__(self, pixel_values, *, text_embeds=None, view_budget=None) -> VisionOutput:
         if self.takes_budget:
             return self._pruned_views(pixel_values, text_embeds, view_budget)
-        method = self.pruning.method
         with torch.no_grad():
-            out = self._tower(pixel_values, method != "none")
-            feats = out.hidden_states[self.model.config.vision_feature_layer][:, 1:]
-            if method == "none":
-                kept = torch.arange(feats.shape[1]).expand(feats.shape[0], -1)
-            else:
-                kept = self._select(out, self.pruning.keep, text_embeds, self.pruning.grid)
-            rows = torch.gather(feats, 1, kept[..., None].expand(-1, -1, feats.shape[-1]))
+            rows, kept = self._selected(pixel_values, self.pruning.keep, text_embeds, self.pruning.grid)
             return VisionOutput(self.parts.projector(rows).numpy(), kept.numpy().astype(np.int64))
 
     def _pruned_views(self, pixel_values, text_embeds, view_budget) -> VisionOutput:
@@ -176,15 +199,12 @@ class TorchVision(VisionBackend):
                 if k_view not in outputs:
                     raise UserError(f"view {v} asks for K_view {k_view}; the engine has branches for "
                                     f"{', '.join(map(str, sorted(outputs)))}")
-                out = self._tower(pixel_values[v:v + 1], True)
                 text = None if text_embeds is None else text_embeds[v:v + 1]
-                chosen = self._select(out, k_view, text, spec.patch_grid)
+                picked, chosen = self._selected(pixel_values[v:v + 1], k_view, text, spec.patch_grid)
                 count = chosen.shape[1]
                 if count != outputs[k_view]:
                     raise EngineDirError(f"the reference kept {count} tokens for K_view {k_view}; config.json says "
                                          f"{outputs[k_view]}: the engine directory was built with other parameters")
-                patches = out.hidden_states[self.model.config.vision_feature_layer][:, 1:]
-                picked = torch.gather(patches, 1, chosen[..., None].expand(-1, -1, patches.shape[-1]))
                 features[v, :count] = self.parts.projector(picked)[0].float().numpy()
                 kept[v, :count] = chosen[0].numpy()
         return VisionOutput(features, kept)

@@ -16,7 +16,7 @@ that puts the views back together, for the two merges an engine directory can de
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Sequence
 
 import numpy as np
@@ -59,16 +59,21 @@ class AnyresSpec:
     budgets: dict[int, tuple[int, int]]  # views per image -> (K_view, output tokens per view)
     max_tokens: int
     newline_file: str | None
+    dominant: dict[int, int] = field(default_factory=dict)  # VisionZip: views per image -> Kd per view
 
     @classmethod
     def from_section(cls, section: AnyresSection) -> "AnyresSpec":
         budgets = {int(v): (b.keep, b.output) for b in section.view_budgets for v in b.views}
+        dominant = {int(v): b.dominant_patches for b in section.view_budgets for v in b.views
+                    if b.dominant_patches is not None}
+        if section.merge == "visionzip" and len(dominant) != len(budgets):
+            raise EngineDirError("config.json vision.anyres has VisionZip branches without dominant_patches: rebuild it")
         if section.merge not in MERGES:
             raise EngineDirError(f"config.json vision.anyres.merge is {section.merge!r}; this runtime knows "
                                  f"{', '.join(MERGES)}")
         return cls(tuple((int(h), int(w)) for h, w in section.image_grid_pinpoints), section.view_size,
                    (int(section.patch_grid[0]), int(section.patch_grid[1])), section.merge, budgets,
-                   section.max_tokens_per_image, section.image_newline)
+                   section.max_tokens_per_image, section.image_newline, dominant)
 
     @property
     def patches(self) -> int:
@@ -95,7 +100,7 @@ class AnyresSpec:
     def token_count(self, layout: Layout, image_size: Sequence[int]) -> int:
         """Visual tokens the image contributes to the prompt (known before the vision engine runs,
         so over-long prompts are refused before any compute)."""
-        if self.merge == "spatial":
+        if self.merge in ("spatial", "visionzip"):
             return layout.views * self.budget(layout.views)[1]
         top, bottom, left, right = unpad_bounds(layout.rows * self.grid[0], layout.cols * self.grid[1], image_size)
         newline = 1 if self.newline_file else 0
@@ -168,10 +173,36 @@ def pack_unpadded(features: np.ndarray, layout: Layout, grid: tuple[int, int], i
     return np.concatenate([features[0], grid_rows.reshape(-1, hidden)])
 
 
+def arrange_visionzip(features: np.ndarray, kept: np.ndarray, layout: Layout, output: int, dominant: int,
+                      grid: tuple[int, int]) -> tuple[np.ndarray, list[list[int]]]:
+    """VisionZip views of one image -> tokens in the released order (PRUNING.md 10.4): the base
+    view's rows as they are ([CLS, dominant, contextual]); the crops' dominant tokens in raster
+    order of the stitched grid; the crops' CLS rows; the crops' contextual tokens, crop by crop.
+    A view's rows are [CLS (kept -1), Kd dominant patches, C contextual (kept = its target)]."""
+    if features.shape[0] != layout.views or kept.shape[0] != layout.views:
+        raise UserError(f"got {features.shape[0]} views for an image whose layout has {layout.views}")
+    for v in range(layout.views):
+        row = kept[v]
+        if row.shape[0] < output or row[0] != -1 or (row[1:output] < 0).any() or (row[output:] >= 0).any():
+            raise EngineDirError(f"the vision engine's rows of view {v} are not [CLS, {dominant} dominant, "
+                                 f"{output - 1 - dominant} contextual] as config.json says: the engine and "
+                                 "config.json do not belong together; rebuild the engine directory")
+    crops = range(1, layout.views)
+    keys = np.concatenate([stitched_keys(layout, grid, v - 1, kept[v, 1:1 + dominant]) for v in crops])
+    rows = np.concatenate([features[v, 1:1 + dominant] for v in crops])
+    order = np.argsort(keys, kind="stable")
+    merged = np.concatenate([features[0, :output], rows[order], features[1:, 0],
+                             *[features[v, 1 + dominant:output] for v in crops]])
+    return merged, [[int(i) for i in kept[v, :output]] for v in range(layout.views)]
+
+
 def arrange(spec: AnyresSpec, features: np.ndarray, kept: np.ndarray, layout: Layout, image_size: Sequence[int],
             newline: np.ndarray | None) -> tuple[np.ndarray, list[list[int]]]:
     """One image's engine rows -> (its visual tokens, kept patch indices per view)."""
     if spec.merge == "spatial":
         return arrange_spatial(features, kept, layout, spec.budget(layout.views)[1], spec.grid)
+    if spec.merge == "visionzip":
+        return arrange_visionzip(features, kept, layout, spec.budget(layout.views)[1], spec.dominant[layout.views],
+                                 spec.grid)
     every = [list(range(spec.patches)) for _ in range(layout.views)]
     return pack_unpadded(features[:, : spec.patches], layout, spec.grid, image_size, newline), every
