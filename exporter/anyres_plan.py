@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from models.anyres import Layout, layouts, view_budget
+from runtime.contract import AnyresSection, LayoutSpec, ViewBudget
 
 from .pruning import PruneConfig, make_config
 
@@ -33,7 +34,6 @@ def merge_rule(method: str) -> str:
     if method == "none":
         return "spatial_unpad"
     return "visionzip" if method == "visionzip" else "spatial"
-IMAGE_NEWLINE_FILE = "image_newline.npy"
 
 
 @dataclass(frozen=True)
@@ -104,31 +104,30 @@ class AnyresPlan:
         return max(self.tokens_per_image(layout) for layout in self.layouts)
 
     @staticmethod
-    def _budget(branch: Branch) -> dict[str, Any]:
-        out = {"views": list(branch.views), "keep": branch.keep, "output": branch.output}
+    @staticmethod
+    def _budget(branch: Branch) -> ViewBudget:
         if branch.cfg.method == "visionzip":  # rows per view: 1 CLS + dominant + contextual
-            out.update(dominant_patches=branch.cfg.dominant_patches, contextual=branch.cfg.contextual)
-        return out
+            return ViewBudget(list(branch.views), branch.keep, branch.output, branch.cfg.dominant_patches,
+                              branch.cfg.contextual)
+        return ViewBudget(list(branch.views), branch.keep, branch.output)
 
-    def section(self, image_newline: str | None) -> dict[str, Any]:
+    def section(self, image_newline: str | None) -> AnyresSection:
         """The `vision.anyres` section of config.json."""
-        return {
-            "image_grid_pinpoints": [list(layout.pinpoint) for layout in self.layouts],
-            "view_size": self.view_size,
-            "patch_grid": list(self.grid),
-            "layouts": [
-                {"pinpoint": list(layout.pinpoint), "rows": layout.rows, "cols": layout.cols, "views": layout.views}
-                for layout in self.layouts
-            ],
-            "max_views": self.max_views,
-            "keep_per_image": self.keep,
-            "view_rule": VISIONZIP_VIEW_RULE if self.method == "visionzip" else VIEW_RULE,
-            "view_budgets": [self._budget(b) for b in self.branches],
-            "merge": merge_rule(self.method),
-            "image_newline": image_newline,
-            "order": VISIONZIP_ORDER if self.method == "visionzip" else ORDER,
-            "max_tokens_per_image": self.max_tokens_per_image,
-        }
+        return AnyresSection(
+            image_grid_pinpoints=[list(layout.pinpoint) for layout in self.layouts],
+            view_size=self.view_size,
+            patch_grid=list(self.grid),
+            layouts=[LayoutSpec(list(layout.pinpoint), layout.rows, layout.cols, layout.views)
+                     for layout in self.layouts],
+            max_views=self.max_views,
+            keep_per_image=self.keep,
+            view_rule=VISIONZIP_VIEW_RULE if self.method == "visionzip" else VIEW_RULE,
+            view_budgets=[self._budget(b) for b in self.branches],
+            merge=merge_rule(self.method),
+            image_newline=image_newline,
+            order=VISIONZIP_ORDER if self.method == "visionzip" else ORDER,
+            max_tokens_per_image=self.max_tokens_per_image,
+        )
 
 
 def _name(layout: Layout) -> str:

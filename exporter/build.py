@@ -8,16 +8,12 @@ from pathlib import Path
 from typing import Any
 
 from runtime.contract import (
-    AnyresSection,
     EngineConfig,
     EngineSection,
     RANDOM_WEIGHTS,
     Files,
-    ModelSection,
     PluginSection,
     PreprocessSection,
-    PruningSection,
-    TensorSpec,
     Tensors,
     TextSection,
     VisionSection,
@@ -89,15 +85,15 @@ def _resolve_backend(name: str, verbose: bool = False):
 
     if name == "onnx":
         return None, "--backend onnx: ONNX graphs only"
-    if name == "auto":
-        backend = trt_compat.available_backend(verbose)
-        if backend is None:
-            return None, (
-                "no TensorRT library is installed (tensorrt or tensorrt-rtx); wrote the ONNX graphs "
-                "only. Install one (pip install 'edgeprune[rtx]') and build again to get engines"
-            )
-        return backend, None
-    return trt_compat.load_backend(name, verbose), None
+    backend = trt_compat.available_backend() if name == "auto" else trt_compat.load_backend(name)
+    if backend is None:
+        return None, (
+            "no TensorRT library is installed (tensorrt or tensorrt-rtx); wrote the ONNX graphs "
+            "only. Install one (pip install 'edgeprune[rtx]') and build again to get engines"
+        )
+    if verbose:
+        backend.logger = trt_compat.make_logger(backend.trt, verbose=True)
+    return backend, None
 
 
 # Methods whose selection stays in standard ops even with --selector plugin (README, "Pruning
@@ -214,9 +210,9 @@ def _anyres_fields(plan, loaded, work: Path, plugin: PluginSection | None) -> di
 
         np.save(work / Files.IMAGE_NEWLINE, loaded.image_newline.detach().float().cpu().numpy())
         newline = Files.IMAGE_NEWLINE
-    fields: dict[str, Any] = {"anyres": parse(AnyresSection, plan.section(newline), "vision.anyres")}
+    fields: dict[str, Any] = {"anyres": plan.section(newline)}
     if plan.pruned:  # the largest branch's constants, with K per image as the user gave it
-        fields["pruning"] = parse(PruningSection, {**plan.config.describe(), "keep": plan.keep}, "vision.pruning")
+        fields["pruning"] = replace(plan.config.describe(), keep=plan.keep)
     if plugin is not None:
         from .plugin_node import plugin_fields
 
@@ -325,7 +321,7 @@ def build(options: BuildOptions) -> Path:
         config = EngineConfig(
             format="", format_version=0, artifacts={},  # stamped by write_config
             command=options.command,
-            model=parse(ModelSection, loaded.describe(), "model"),
+            model=loaded.describe(),
             precision=options.precision,
             max_batch=options.max_batch,
             vision=vision,
@@ -369,13 +365,13 @@ def _vision_graphs(options: BuildOptions, loaded, plan, cfg, projection, selecto
         fields = _anyres_fields(plan, loaded, work, plugin)
     return VisionSection(
         onnx=Files.VISION_ONNX,
-        onnx_files=graph["files"],
+        onnx_files=graph.files,
         engine=None,
         selector="plugin" if selector else "onnx",
         selector_reason=selector_reason,
-        pruning=fields.get("pruning") or parse(PruningSection, cfg.describe(), "vision.pruning"),
-        inputs=[parse(TensorSpec, t, "vision.inputs") for t in graph["inputs"]],
-        outputs=[parse(TensorSpec, t, "vision.outputs") for t in graph["outputs"]],
+        pruning=fields.get("pruning") or cfg.describe(),
+        inputs=graph.inputs,
+        outputs=graph.outputs,
         preprocess=_preprocess(loaded),
         anyres=fields.get("anyres"),
         plugin_onnx=Files.VISION_PLUGIN_ONNX if selector is not None else None,

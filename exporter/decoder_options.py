@@ -79,14 +79,14 @@ def calibration_embeddings(options, loaded, plan, work: Path, vision, text, spec
     if plan is not None:
         raise UserError("--calibration awq supports LLaVA-1.5 models; use --calibration rtn for LLaVA-NeXT")
     from models.random_language import language_parts
-    from runtime.contract import EngineConfig, EngineDir, EngineSection, ModelSection, parse
+    from runtime.contract import EngineConfig, EngineDir, EngineSection
 
     from .calibration import calibration_embeds
     from .decoder_export import language_model
 
     text_config = loaded.config.text_config
     engine = EngineDir(Path(work), EngineConfig(  # what is written so far; no decoder yet
-        format="", format_version=0, model=parse(ModelSection, loaded.describe(), "model"),
+        format="", format_version=0, model=loaded.describe(),
         precision=options.precision, max_batch=options.max_batch, vision=vision, text=text,
         engine=EngineSection(None, None, False, "calibrating"), artifacts={}))
     if loaded.model is None and getattr(loaded, "language", None) is None:  # random weights: embeddings only

@@ -128,22 +128,42 @@ def sweep(parent: Path) -> None:
         shutil.rmtree(stale, ignore_errors=True)
 
 
-@contextmanager
-def _build_lock(out: Path) -> Iterator[None]:
-    lock_path = out.with_name(LOCK_PREFIX + out.name)
-    try:
-        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o666)
-    except OSError as exc:
-        raise UserError(f"cannot write next to --out {out}: {exc.strerror or exc} ({out.parent})") from None
-    try:
+def _acquire(lock_path: Path, out: Path) -> int:
+    """An exclusive flock on the lock file, which must still be the file at `lock_path` once
+    locked (the holder unlinks it on release; a loser that opened the old file retries)."""
+    while True:
+        try:
+            fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o666)
+        except OSError as exc:
+            raise UserError(f"cannot write next to --out {out}: {exc.strerror or exc} ({out.parent})") from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
+            os.close(fd)
             raise UserError(f"another build is writing --out {out} right now; wait for it to finish or "
                             "choose another --out") from None
+        try:
+            if os.stat(lock_path).st_ino == os.fstat(fd).st_ino:
+                return fd
+        except FileNotFoundError:
+            pass
+        os.close(fd)  # locked a file the previous holder had already removed: try again
+
+
+@contextmanager
+def _build_lock(out: Path) -> Iterator[None]:
+    """One build per --out at a time; the lock file lives only as long as the build (a killed
+    build's lock is released by the kernel, and its file is reused by the next build)."""
+    lock_path = out.with_name(LOCK_PREFIX + out.name)
+    fd = _acquire(lock_path, out)
+    try:
         yield
     finally:
-        os.close(fd)  # releases the lock (a killed build's lock is released by the kernel)
+        try:
+            lock_path.unlink()
+        except OSError:
+            pass
+        os.close(fd)
 
 
 def publish(staging: Path, out: Path) -> None:

@@ -9,16 +9,18 @@ from __future__ import annotations
 
 import copy
 import warnings
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
 
 import torch
 
 from models.parts import VisionParts
+from runtime.contract import Tensors as T
+from runtime.contract import TensorSpec
 
-from .onnx_versions import BASE
 from .anyres_graph import AnyresVisionGraph, SelectorFactory
 from .anyres_plan import AnyresPlan
+from .onnx_versions import BASE
 from .pruning import PruneConfig
 from .vision_graph import PrunedVisionGraph, Selector, debug_output_names
 
@@ -29,34 +31,51 @@ TORCH_DTYPE = {"fp32": torch.float32, "fp16": torch.float16}
 DTYPE_NAME = {torch.float32: "float32", torch.float16: "float16", torch.int64: "int64"}
 
 
-def vision_io(parts: VisionParts, cfg: PruneConfig, precision: str, debug_scores: bool) -> dict[str, list]:
-    """The graph's declared I/O (-1 = dynamic batch), recorded in config.json."""
+@dataclass(frozen=True)
+class VisionGraphIO:
+    """What an exported vision graph declares (recorded in config.json) and the files written."""
+
+    inputs: list[TensorSpec]
+    outputs: list[TensorSpec]
+    files: list[str] = field(default_factory=list)
+
+    @property
+    def input_names(self) -> list[str]:
+        return [t.name for t in self.inputs]
+
+    @property
+    def output_names(self) -> list[str]:
+        return [t.name for t in self.outputs]
+
+
+def vision_io(parts: VisionParts, cfg: PruneConfig, precision: str, debug_scores: bool, *, rows: int | None = None,
+              text_dim: int | None = None, budgets: bool = False) -> VisionGraphIO:
+    """The graph's declared I/O (-1 = dynamic batch, or views for LLaVA-NeXT): `rows` per image
+    (default K; anyres: the widest branch), `budgets`: the anyres view_budget input."""
     dtype = DTYPE_NAME[TORCH_DTYPE[precision]]
-    size = parts.image_size
-    k = cfg.output_count
-    inputs = [{"name": "pixel_values", "shape": [-1, 3, size, size], "dtype": dtype}]
-    if cfg.uses_prompt:
-        inputs.append({"name": "text_embeds", "shape": [-1, -2], "dtype": "float32"})
-    outputs = [
-        {"name": "visual_features", "shape": [-1, k, parts.llm_hidden], "dtype": dtype},
-        {"name": "kept_indices", "shape": [-1, k], "dtype": "int64"},
-    ]
+    size, k = parts.image_size, rows if rows is not None else cfg.output_count
+    inputs = [TensorSpec(T.PIXEL_VALUES, [-1, 3, size, size], dtype)]
+    if budgets:
+        inputs.append(TensorSpec(T.VIEW_BUDGET, [-1], "int64"))
+    if text_dim is not None:
+        inputs.append(TensorSpec(T.TEXT_EMBEDS, [-1, text_dim], "float32"))
+    outputs = [TensorSpec(T.VISUAL_FEATURES, [-1, k, parts.llm_hidden], dtype), TensorSpec(T.KEPT_INDICES, [-1, k], "int64")]
     if debug_scores:
         outputs += debug_outputs(cfg)
-    return {"inputs": inputs, "outputs": outputs}
+    return VisionGraphIO(inputs, outputs)
 
 
-def debug_outputs(cfg: PruneConfig) -> list[dict]:
+def debug_outputs(cfg: PruneConfig) -> list[TensorSpec]:
     """`--debug-scores` outputs: layer_scores (B, L, 1+N) for the column-mean methods;
     cls_scores (B, 1+N) for SCOPE / VisionZip, plus VisionZip's token_assignment (B, N) int64
     (-1 dominant, else the contextual slot)."""
     n = cfg.num_patches
     shapes = {
-        "layer_scores": ([-1, len(cfg.layers), n + 1], "float32"),
-        "cls_scores": ([-1, n + 1], "float32"),
-        "token_assignment": ([-1, n], "int64"),
+        T.LAYER_SCORES: ([-1, len(cfg.layers), n + 1], "float32"),
+        T.CLS_SCORES: ([-1, n + 1], "float32"),
+        T.TOKEN_ASSIGNMENT: ([-1, n], "int64"),
     }
-    return [{"name": name, "shape": shapes[name][0], "dtype": shapes[name][1]} for name in debug_output_names(cfg)]
+    return [TensorSpec(name, *shapes[name]) for name in debug_output_names(cfg)]
 
 
 def build_graph_module(
@@ -89,30 +108,20 @@ def export_vision_onnx(
     selector: Selector | None = None,
     debug_scores: bool = False,
     clip_projection: torch.nn.Module | None = None,
-) -> dict[str, Any]:
+) -> VisionGraphIO:
     """Export to `path`; returns the I/O description and the file names written."""
     module = build_graph_module(
         parts, cfg, precision=precision, selector=selector, debug_scores=debug_scores,
         clip_projection=clip_projection,
     )
     size = parts.image_size
-    dtype = TORCH_DTYPE[precision]
-    pixel_values = torch.zeros(2, 3, size, size, dtype=dtype)
-    args: tuple = (pixel_values,)
-    input_names = ["pixel_values"]
-    dynamic_axes: dict[str, dict[int, str]] = {"pixel_values": {0: "batch"}}
-    if cfg.uses_prompt:
-        args = (pixel_values, torch.ones(2, clip_projection.out_features))
-        input_names.append("text_embeds")
-        dynamic_axes["text_embeds"] = {0: "batch"}
-    output_names = ["visual_features", "kept_indices"] + (debug_output_names(cfg) if debug_scores else [])
-    for name in output_names:
-        dynamic_axes[name] = {0: "batch"}
-    files = _save_onnx(module, args, Path(path), input_names, output_names, dynamic_axes)
-    io = vision_io(parts, cfg, precision, debug_scores)
-    if cfg.uses_prompt:
-        io["inputs"][1]["shape"] = [-1, clip_projection.out_features]
-    return {**io, "files": files}
+    text_dim = clip_projection.out_features if cfg.uses_prompt else None
+    io = vision_io(parts, cfg, precision, debug_scores, text_dim=text_dim)
+    pixel_values = torch.zeros(2, 3, size, size, dtype=TORCH_DTYPE[precision])
+    args: tuple = (pixel_values,) if text_dim is None else (pixel_values, torch.ones(2, text_dim))
+    dynamic_axes = {name: {0: "batch"} for name in io.input_names + io.output_names}
+    files = _save_onnx(module, args, Path(path), io.input_names, io.output_names, dynamic_axes)
+    return replace(io, files=files)
 
 
 def _save_onnx(module, args: tuple, path: Path, input_names, output_names, dynamic_axes) -> list[str]:
@@ -142,26 +151,6 @@ def _save_onnx(module, args: tuple, path: Path, input_names, output_names, dynam
 
 
 # ---- LLaVA-NeXT (anyres) --------------------------------------------------------------------
-def anyres_vision_io(parts: VisionParts, plan: AnyresPlan, precision: str, debug_scores: bool,
-                     text_dim: int | None = None) -> dict[str, list]:
-    """I/O of the branched anyres graph: V views of any images (-1), each with its K_view."""
-    dtype = DTYPE_NAME[TORCH_DTYPE[precision]]
-    size, r = parts.image_size, plan.rows
-    inputs = [
-        {"name": "pixel_values", "shape": [-1, 3, size, size], "dtype": dtype},
-        {"name": "view_budget", "shape": [-1], "dtype": "int64"},
-    ]
-    if plan.uses_prompt:
-        inputs.append({"name": "text_embeds", "shape": [-1, text_dim or -2], "dtype": "float32"})
-    outputs = [
-        {"name": "visual_features", "shape": [-1, r, parts.llm_hidden], "dtype": dtype},
-        {"name": "kept_indices", "shape": [-1, r], "dtype": "int64"},
-    ]
-    if debug_scores:
-        outputs += debug_outputs(plan.config)
-    return {"inputs": inputs, "outputs": outputs}
-
-
 def build_anyres_module(
     parts: VisionParts,
     plan: AnyresPlan,
@@ -185,23 +174,19 @@ def export_anyres_vision_onnx(
     selector_factory: SelectorFactory | None = None,
     debug_scores: bool = False,
     clip_projection: torch.nn.Module | None = None,
-) -> dict[str, Any]:
+) -> VisionGraphIO:
     """Export the branched graph of a pruned anyres plan (`selector_factory`: one selector per
     branch config, e.g. `exporter.plugin_node.plugin_selector`; default the standard ops)."""
     module = build_anyres_module(parts, plan, precision=precision, selector_factory=selector_factory,
                                  debug_scores=debug_scores, clip_projection=clip_projection)
     size = parts.image_size
     views = 2  # as for LLaVA-1.5: a traced size of 1 could be specialised away
+    text_dim = clip_projection.out_features if plan.uses_prompt else None
+    io = vision_io(parts, plan.config, precision, debug_scores, rows=plan.rows, text_dim=text_dim, budgets=True)
     pixel_values = torch.zeros(views, 3, size, size, dtype=TORCH_DTYPE[precision])
     view_budget = torch.tensor([plan.branches[0].keep, plan.branches[-1].keep], dtype=torch.int64)
-    args: tuple = (pixel_values, view_budget)
-    input_names = ["pixel_values", "view_budget"]
-    text_dim = None
-    if plan.uses_prompt:
-        text_dim = clip_projection.out_features
-        args = (*args, torch.ones(views, text_dim))
-        input_names.append("text_embeds")
-    output_names = ["visual_features", "kept_indices"] + (debug_output_names(plan.config) if debug_scores else [])
-    dynamic_axes = {name: {0: "views"} for name in input_names + output_names}
-    files = _save_onnx(module, args, Path(path), input_names, output_names, dynamic_axes)
-    return {**anyres_vision_io(parts, plan, precision, debug_scores, text_dim), "files": files}
+    args: tuple = (pixel_values, view_budget) if text_dim is None else (pixel_values, view_budget,
+                                                                       torch.ones(views, text_dim))
+    dynamic_axes = {name: {0: "views"} for name in io.input_names + io.output_names}
+    files = _save_onnx(module, args, Path(path), io.input_names, io.output_names, dynamic_axes)
+    return replace(io, files=files)

@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from models.parts import VisionParts
+from runtime.contract import Tensors
 
 from .pruning import PruneConfig, vectorized
 
@@ -47,10 +48,10 @@ def debug_output_names(cfg: PruneConfig) -> list[str]:
     """Extra outputs of a `--debug-scores` graph: the statistic the method ranks by (and
     VisionZip's assignment of every patch)."""
     if cfg.method == "visionzip":
-        return ["cls_scores", "token_assignment"]
+        return [Tensors.CLS_SCORES, Tensors.TOKEN_ASSIGNMENT]
     if cfg.method == "scope":
-        return ["cls_scores"]
-    return ["layer_scores"]
+        return [Tensors.CLS_SCORES]
+    return [Tensors.LAYER_SCORES]
 
 
 def _layer_norm(module: nn.LayerNorm, x: torch.Tensor) -> torch.Tensor:

@@ -10,7 +10,7 @@ from typing import Any
 
 import torch
 
-from runtime.contract import RANDOM_WEIGHTS
+from runtime.contract import RANDOM_WEIGHTS, ModelSection
 
 from .parts import VisionParts, vision_parts
 from .specs import SPECS, llava_config, spec_for
@@ -50,22 +50,23 @@ class LoadedModel:
 
         return is_anyres(self.config)
 
-    def describe(self) -> dict[str, Any]:
-        return {
-            "name": self.name,
-            "source": self.source,
-            "path": str(self.path) if self.path else None,
-            "architecture": self.architecture,
-            "model_type": self.config.model_type,
-            "vision_layers": self.config.vision_config.num_hidden_layers,
-            "vision_hidden": self.config.vision_config.hidden_size,
-            "llm_hidden": self.config.text_config.hidden_size,
-            "image_size": self.config.vision_config.image_size,
-            "patch_size": self.config.vision_config.patch_size,
-            "vision_feature_layer": self.config.vision_feature_layer,
-            "image_grid_pinpoints": [list(p) for p in getattr(self.config, "image_grid_pinpoints", None) or []]
+    def describe(self) -> ModelSection:
+        """config.json's `model` record."""
+        return ModelSection(
+            name=self.name,
+            source=self.source,
+            path=str(self.path) if self.path else None,
+            architecture=self.architecture,
+            model_type=self.config.model_type,
+            vision_layers=self.config.vision_config.num_hidden_layers,
+            vision_hidden=self.config.vision_config.hidden_size,
+            llm_hidden=self.config.text_config.hidden_size,
+            image_size=self.config.vision_config.image_size,
+            patch_size=self.config.vision_config.patch_size,
+            vision_feature_layer=self.config.vision_feature_layer,
+            image_grid_pinpoints=[list(p) for p in getattr(self.config, "image_grid_pinpoints", None) or []]
             if self.anyres else None,
-        }
+        )
 
 
 def _resolve_checkpoint(name: str) -> tuple[Path, str]:

@@ -22,12 +22,14 @@ values), polygraphy generates it with `--val-range view_budget:[K,K]`.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import re
 import shlex
 import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -189,8 +191,16 @@ def ort_vs_reference_command(onnx_path: Path, inputs: Path, reference: Path) -> 
             "--load-outputs", str(reference), *_tolerance_args()]
 
 
+def _runnable(cmd: list[str]) -> list[str]:
+    """The printed `polygraphy ...` command, run with this interpreter's polygraphy when the
+    console script is not on PATH (a venv that is not activated)."""
+    if cmd and cmd[0] == "polygraphy" and shutil.which("polygraphy") is None:
+        return [sys.executable, "-c", "import sys; from polygraphy.tools import main; sys.exit(main())", *cmd[1:]]
+    return cmd
+
+
 def run_polygraphy(cmd: list[str], cwd: Path | None = None) -> dict[str, Any]:
-    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=cwd)
+    proc = subprocess.run(_runnable(cmd), capture_output=True, text=True, cwd=cwd)
     result = parse_polygraphy(proc.stdout + proc.stderr)
     result["returncode"] = proc.returncode
     result["passed"] = result["passed"] and proc.returncode == 0
@@ -302,7 +312,7 @@ def compare_config(config: EngineConfig, engine_dir: Path, batch: int, run: bool
                               capture_output=True, text=True)
         row["trtexec"] = parse_trtexec(proc.stdout)
         ort, trt = polygraphy_commands(engine_dir, vision, shapes, work, constants)
-        subprocess.run(ort, capture_output=True, text=True, check=True)
+        subprocess.run(_runnable(ort), capture_output=True, text=True, check=True)
         row["polygraphy"] = run_polygraphy(trt)
     else:
         row["polygraphy_ort_vs_torch"] = torch_reference(engine_dir, config, shapes, work, constants)
@@ -318,8 +328,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--shape", action="append", default=[], metavar="NAME:AxB", help="override an input shape")
     ap.add_argument("--run", action="store_true", help="run the tools that are installed")
     ap.add_argument("--json", nargs="?", const="-", help="write rows as JSON (to FILE, or stdout)")
-    ap.add_argument("--work", type=Path, help="folder for polygraphy's input/output files "
-                    "(default: compare-<engine dir name> here, kept so the printed commands work)")
+    ap.add_argument("--work", type=Path, help="folder for polygraphy's input/output files (default with --run: a "
+                    "temporary folder, removed afterwards; without --run: compare-<engine dir name> here, "
+                    "kept so the printed commands work)")
     args = ap.parse_args(argv)
     overrides = {}
     for item in args.shape:
@@ -327,13 +338,22 @@ def main(argv: list[str] | None = None) -> int:
         overrides[name] = [int(d) for d in dims.split("x")]
     rows = []
     try:
-        for engine_dir in args.engine_dir:
-            work = args.work or Path(f"compare-{engine_dir.resolve().name}")
-            if args.run:
-                work.mkdir(parents=True, exist_ok=True)
-            rows.append(compare(engine_dir, args.batch, args.run, overrides, work, args.views))
+        with tempfile.TemporaryDirectory(prefix="compare-") as scratch:
+            for engine_dir in args.engine_dir:
+                if args.work is not None:
+                    work = args.work
+                elif args.run:  # the commands were run: nothing to keep
+                    work = Path(scratch) / engine_dir.resolve().name
+                else:
+                    work = Path(f"compare-{engine_dir.resolve().name}")
+                if args.run:
+                    work.mkdir(parents=True, exist_ok=True)
+                with contextlib.redirect_stdout(sys.stderr):  # tools' chatter (polygraphy's logger) is not output
+                    rows.append(compare(engine_dir, args.batch, args.run, overrides, work, args.views))
     except Exception as exc:  # noqa: BLE001 - one line for the user, no traceback
-        print(f"error: {exc}", file=sys.stderr)
+        from runtime.errors import one_line
+
+        print(f"error: {one_line(exc)}", file=sys.stderr)
         return 2
     if args.json:
         text = json.dumps(rows, indent=2)

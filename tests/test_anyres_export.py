@@ -106,7 +106,7 @@ def test_onnxruntime_matches_reference_per_view(exported, tiny_next, reference, 
 
     plan, session, io, path = exported(method, keep)
     names = [i.name for i in onnx.load(str(path)).graph.input]
-    assert names == [t["name"] for t in io["inputs"]]
+    assert names == io.input_names
     assert names == ["pixel_values", "view_budget"] + (["text_embeds"] if plan.uses_prompt else [])
     assert not {n.op_type for n in onnx.load(str(path)).graph.node} & {"NonZero", "ScatterElements", "ScatterND"}
 
@@ -138,7 +138,7 @@ def test_none_is_the_per_view_projector(tiny_next, reference, tmp_path):
 
     path = tmp_path / "none.onnx"
     io = export_vision_onnx(tiny_next.vision, make_config("none", None), path)
-    assert [t["name"] for t in io["inputs"]] == ["pixel_values"]
+    assert io.input_names == ["pixel_values"]
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     visual, kept = session.run(None, {"pixel_values": reference["pixels"].numpy()})
     with torch.no_grad():

@@ -120,12 +120,12 @@ def test_visionzip_target_step(keep, step):
 
 def test_describe_records_the_split():
     zip_ = make_config("visionzip", 64).describe()
-    assert zip_["derived"]["dominant"] == 54 and zip_["derived"]["contextual"] == 10
-    assert zip_["derived"]["dominant_patches"] == 53 and zip_["derived"]["cls_layer"] == 22
-    assert zip_["output_tokens"] == 64 and zip_["score_layers"] == []
+    assert zip_.derived["dominant"] == 54 and zip_.derived["contextual"] == 10
+    assert zip_.derived["dominant_patches"] == 53 and zip_.derived["cls_layer"] == 22
+    assert zip_.output_tokens == 64 and zip_.score_layers == []
     scope = make_config("scope", 128, alpha=0.5).describe()
-    assert scope["params"] == {"alpha": 0.5, "combine": "multi"}
-    assert scope["derived"] == {"cls_layer": 22, "greedy_steps": 128}
+    assert scope.params == {"alpha": 0.5, "combine": "multi"}
+    assert scope.derived == {"cls_layer": 22, "greedy_steps": 128}
 
 
 # ---- reading the inputs -------------------------------------------------------------------

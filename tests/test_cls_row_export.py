@@ -68,7 +68,7 @@ def test_onnxruntime_matches_references(tmp_path, tiny, tiny_reference, taps, ca
         trip = onnx.numpy_helper.to_array(consts[loop.input[0]].attribute[0].t)
         assert int(trip) == keep
     names = [o.name for o in model.graph.output]
-    assert names == [t["name"] for t in io["outputs"]]
+    assert names == io.output_names
     assert names == ["visual_features", "kept_indices", "cls_scores"] + (["token_assignment"] if method == "visionzip" else [])
 
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
@@ -128,7 +128,7 @@ def test_anyres_onnxruntime_matches_references_per_view(tmp_path, tiny_next, nex
     plan = plan_anyres(method, keep, tiny_next.config)
     path = tmp_path / "anyres.onnx"
     io = export_anyres_vision_onnx(tiny_next.vision, plan, path, debug_scores=True)
-    assert [t["name"] for t in io["inputs"]] == ["pixel_values", "view_budget"]
+    assert io.input_names == ["pixel_values", "view_budget"]
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     branches = [plan.branches[v % len(plan.branches)] for v in range(VIEWS)]  # mixed budgets
     budgets = np.asarray([b.keep for b in branches], dtype=np.int64)

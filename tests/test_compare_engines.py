@@ -166,3 +166,18 @@ def test_anyres_commands_feed_views_and_a_built_budget(tmp_path):
     assert f"--loadInputs=view_budget:{tmp_path / 'view_budget.bin'}" in row["trtexec_command"]
     assert np.fromfile(tmp_path / "view_budget.bin", dtype="<i8").tolist() == [128] * 10
     assert "--val-range 'view_budget:[128,128]'" in row["polygraphy_commands"][0]
+
+
+def test_run_json_prints_only_json_and_leaves_no_folders(engine, tmp_path):
+    """Without TensorRT, --run compares ONNX Runtime with the PyTorch graph; stdout must be one
+    JSON document and the working folder must be gone."""
+    import json
+    import subprocess
+    import sys
+
+    res = subprocess.run([sys.executable, str(ROOT / "scripts" / "compare_engines.py"), engine, "--run", "--json"],
+                         cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stderr
+    (row,) = json.loads(res.stdout)
+    assert row["polygraphy_ort_vs_torch"]["passed"] is True
+    assert list(tmp_path.iterdir()) == []

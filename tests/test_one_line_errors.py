@@ -40,7 +40,7 @@ def test_file_system_errors_while_writing(tmp_path, capsys, monkeypatch, code):
     monkeypatch.setattr(onnx, "save_model", fail)
     assert _build(tmp_path / "e") == 2
     assert os.strerror(code) in _one_line(capsys)
-    assert list(tmp_path.iterdir()) == [tmp_path / ".edgeprune-lock-e"]
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_an_unwritable_parent(tmp_path, capsys, monkeypatch):
@@ -164,3 +164,20 @@ def test_tensorrt_chatter_is_hidden_unless_verbose(tmp_path):
     assert "standard ONNX ops, not the EdgePruneSelect plugin: --selector onnx" in quiet.stderr
     loud = subprocess.run([*argv, "-v", "--out", str(tmp_path / "v")], cwd=ROOT, capture_output=True, text=True, env=env)
     assert loud.returncode == 0 and "Int64 binding" in loud.stderr
+
+
+@pytest.mark.parametrize("damage", ["missing", "broken template"])
+def test_a_checkpoint_without_a_usable_processor_fails_at_build_time(tmp_path, capsys, tiny, damage):
+    from exporter.cli import main
+
+    ckpt = tmp_path / "ckpt"
+    tiny.model.save_pretrained(ckpt)
+    if damage == "broken template":
+        tiny.processor.save_pretrained(ckpt)
+        (ckpt / "chat_template.jinja").write_text("{% if %}")
+    out = tmp_path / "e"
+    assert main(["build", "--model", str(ckpt), "--keep", "64", "--backend", "onnx", "--no-decoder",
+                 "--out", str(out)]) == 2
+    line = _one_line(capsys)
+    assert "processor" in line or "chat template" in line, line
+    assert not out.exists()

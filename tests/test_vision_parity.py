@@ -54,7 +54,7 @@ def test_onnxruntime_matches_pytorch(tmp_path, tiny, tiny_reference, projection,
     assert not ops & {"NonZero", "ScatterElements", "ScatterND"}
     # Only the scored layers materialise attention probabilities for the score reduction.
     assert sum(1 for n in model.graph.node if n.op_type == "ReduceMean") == len(cfg.layers)
-    assert [o.name for o in model.graph.output] == [t["name"] for t in io["outputs"]]
+    assert [o.name for o in model.graph.output] == io.output_names
 
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     for batch in (1, 3):

@@ -179,29 +179,29 @@ class PruneConfig:
                 return w
         return 1
 
-    def describe(self) -> dict[str, Any]:
-        """JSON-ready record for config.json: every parameter plus the derived constants."""
-        out: dict[str, Any] = {
-            "method": self.method,
-            "keep": self.keep,
-            "grid": list(self.grid),
-            "num_layers": self.num_layers,
-            "params": {k: (list(v) if isinstance(v, tuple) else v) for k, v in self.params.items()},
-            "score_layers": list(self.layers),
-            "output_tokens": self.output_count,
-        }
+    def describe(self):
+        """config.json's `vision.pruning` record: every parameter plus the derived constants."""
+        from runtime.contract import PruningSection
+
+        return PruningSection(method=self.method, keep=self.keep, grid=list(self.grid), num_layers=self.num_layers,
+                              params={k: (list(v) if isinstance(v, tuple) else v) for k, v in self.params.items()},
+                              score_layers=list(self.layers), output_tokens=self.output_count, derived=self.derived())
+
+    def derived(self) -> dict[str, Any]:
+        """The method's constants computed from its parameters (what the graph and plugin use)."""
+        out: dict[str, Any] = {}
         if self.method == "hivtp" and self.keep is not None:
-            out["derived"] = {
+            out = {
                 "per_region_budget": self.per_region_budget,
                 "local_budget": self.keep - self.global_budget,
                 "window": self.window,
             }
         if self.method in ("hiprune", "hiprune++"):
-            out["derived"] = {"anchors": self.num_anchors, "extra_tokens": self.num_extra}
+            out = {"anchors": self.num_anchors, "extra_tokens": self.num_extra}
         if self.method == "scope":
-            out["derived"] = {"cls_layer": self.cls_layer_index, "greedy_steps": self.keep}
+            out = {"cls_layer": self.cls_layer_index, "greedy_steps": self.keep}
         if self.method == "visionzip":
-            out["derived"] = {
+            out = {
                 "cls_layer": self.cls_layer_index,
                 "dominant": self.dominant,
                 "dominant_patches": self.dominant_patches,

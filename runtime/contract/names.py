@@ -43,7 +43,9 @@ class Tensors:
     VIEW_BUDGET = "view_budget"
     VISUAL_FEATURES = "visual_features"
     KEPT_INDICES = "kept_indices"
-    LAYER_SCORES = "layer_scores"
+    LAYER_SCORES = "layer_scores"  # --debug-scores: column-mean layer scores (HIVTP, HiPrune)
+    CLS_SCORES = "cls_scores"  # --debug-scores: the layer-23 CLS row (SCOPE, VisionZip)
+    TOKEN_ASSIGNMENT = "token_assignment"  # --debug-scores: VisionZip's contextual slot of every patch
     # CLIP text tower
     TEXT_INPUT_IDS = "input_ids"
     # decoder (TensorRT-LLM prompt-table contract)
