@@ -64,6 +64,7 @@ class Stats:
     requests: int = 0
     cancelled: int = 0
     largest_batch: int = 0
+    generated_tokens: int = 0  # decode work done, cancelled requests included
 
 
 class Batcher:
@@ -171,6 +172,7 @@ class Batcher:
                 if chunk.text:
                     ticket._send(("chunk", chunk))
                 if chunk.generation is not None:
+                    self.stats.generated_tokens += len(chunk.generation.token_ids)
                     ticket._send(("done", chunk.generation))
         except EdgePruneError as exc:
             for t in batch:

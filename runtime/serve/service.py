@@ -170,14 +170,13 @@ class Service:
                 "ttft_s": (job.first_token or time.perf_counter()) - job.arrived, "engine_ttft_s": t.ttft_s,
                 "vision_s": t.vision_s, "prefill_s": t.prefill_s,
                 "prepare_s": ticket.arrived - job.arrived, "queue_s": (ticket.started or ticket.arrived) - ticket.arrived,
-                "batch_size": ticket.batch_size,
-                "finish_reason": gen.finish_reason}
+                "batch_size": ticket.batch_size, "finish_reason": gen.finish_reason, "token_ids": gen.token_ids}
 
     def health(self) -> dict[str, Any]:
         s = self.batcher.stats
         return {"status": "ok", "model": self.model, "backend": self.pipe.backends.describe(),
                 **self.batcher.load(), "batches": s.batches, "requests": s.requests, "cancelled": s.cancelled,
-                "largest_batch": s.largest_batch, "uptime_s": round(time.time() - self.started, 3)}
+                "largest_batch": s.largest_batch, "generated_tokens": s.generated_tokens, "uptime_s": round(time.time() - self.started, 3)}
 
     def models(self) -> dict[str, Any]:
         return {"object": "list", "data": [{"id": self.model, "object": "model", "created": int(self.started),
