@@ -118,8 +118,6 @@ class Pipeline:
             raise UserError(f"--max-new-tokens {max_new_tokens} exceeds the engine's --max-output-len {limit}")
         return sampling
 
-    _sampling = sampling
-
     def prepare(self, image, prompt: str | None = None, *, messages: Sequence[Any] | None = None,
                 sampling: Sampling | None = None) -> Prepared:
         """One request checked and preprocessed, ready for `run`: `image` with a `prompt` or an
