@@ -1,4 +1,4 @@
-"""`python -m runtime generate|bench`. User errors print one line and exit 2, never a traceback;
+"""`python -m runtime generate|bench|serve|eval`. User errors print one line and exit 2, never a traceback;
 usage errors are one line too. stderr says which backend ran vision and decoder, and why."""
 from __future__ import annotations
 
@@ -46,6 +46,21 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("--json", nargs="?", const="-", help="write results as JSON (to FILE, or stdout)")
     b.add_argument("--plot", type=Path, help="save a bar chart (PNG)")
     b.add_argument("--no-verify", action="store_true", help="skip the sha256 check of the engine directories")
+    from .serve.main import add_arguments
+
+    add_arguments(sub.add_parser("serve", help="an OpenAI-compatible HTTP server (needs the `serve` extra)"), BACKENDS)
+    e = sub.add_parser("eval", help="accuracy, agreement and TTFT of engine directories on a JSONL data set")
+    e.add_argument("--engine-dir", required=True, action="append", type=Path, help="repeat to compare engines; "
+                   "agreement is measured against the first")
+    e.add_argument("--data", required=True, type=Path, help="JSONL: image, question, answers per line")
+    e.add_argument("--max-tokens", type=int, default=32)
+    e.add_argument("--limit", type=int, help="only the first N lines")
+    e.add_argument("--concurrency", type=int, default=1, help="requests in flight (1: each alone, so TTFT is "
+                   "the engine's own; more: batched as the server would)")
+    e.add_argument("--backend", default="auto", choices=BACKENDS)
+    e.add_argument("--threads", type=int, default=0)
+    e.add_argument("--json", nargs="?", const="-", help="write results as JSON (to FILE, or stdout)")
+    e.add_argument("--no-verify", action="store_true", help="skip the sha256 check of the engine directories")
     return p
 
 
@@ -85,7 +100,12 @@ def main(argv=None) -> int:
     try:
         if args.cmd == "generate":
             return _generate(args)
-        from .bench import run_cli
+        if args.cmd == "serve":
+            from .serve.main import run_cli
+        elif args.cmd == "eval":
+            from .evaluate import run_cli
+        else:
+            from .bench import run_cli
 
         return run_cli(args)
     except (EdgePruneError, KeyboardInterrupt) as exc:

@@ -20,14 +20,16 @@ from .errors import UserError
 
 @dataclass(frozen=True)
 class Sampling:
-    """temperature 0 = greedy; otherwise nucleus sampling over the smallest set of tokens whose
-    probability reaches top_p, seeded per request."""
+    """One request's decoding settings. temperature 0 = greedy; otherwise nucleus sampling over the
+    smallest set of tokens whose probability reaches top_p, seeded per request. `stop`: strings
+    that end the request when its text reaches one (the text is cut before it)."""
 
     max_new_tokens: int
     temperature: float = 0.0
     top_p: float = 1.0
     seed: int = 0
     ignore_eos: bool = False
+    stop: tuple[str, ...] = ()
 
     def __post_init__(self):
         if isinstance(self.max_new_tokens, bool) or not isinstance(self.max_new_tokens, int) or self.max_new_tokens < 1:
@@ -41,21 +43,51 @@ class Sampling:
             raise UserError(f"top_p must be in (0, 1], got {self.top_p}")
         if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
             raise UserError(f"seed must be an integer >= 0, got {self.seed!r}")
+        stop = (self.stop,) if isinstance(self.stop, str) else self.stop
+        if not isinstance(stop, (tuple, list)) or not all(isinstance(s, str) and s for s in stop):
+            raise UserError(f"stop must be a string or a list of non-empty strings, got {self.stop!r}")
+        object.__setattr__(self, "stop", tuple(stop))
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature <= 0
+
+    def same_draw(self, other: "Sampling") -> bool:
+        """Whether a decoder that samples a whole batch one way (TensorRT-LLM) can run both."""
+        return (self.greedy and other.greedy) or (self.temperature, self.top_p, self.seed) == \
+            (other.temperature, other.top_p, other.seed)
 
 
-def sample(logits: np.ndarray, sampling: Sampling, rngs: Sequence[np.random.Generator]) -> np.ndarray:
-    """(B, vocab) logits -> (B,) token ids."""
-    if sampling.temperature <= 0:
-        return logits.argmax(axis=-1)
+def per_request(sampling: Sampling | Sequence[Sampling], batch: int) -> list[Sampling]:
+    """One Sampling per request: a single one is shared by the whole batch."""
+    if isinstance(sampling, Sampling):
+        return [sampling] * batch
+    samplings = list(sampling)
+    if len(samplings) != batch:
+        raise UserError(f"{batch} requests but {len(samplings)} sampling settings")
+    return samplings
+
+
+def sample_rows(logits: np.ndarray, samplings: Sequence[Sampling], rngs: Sequence[np.random.Generator]) -> np.ndarray:
+    """(B, vocab) logits -> (B,) token ids, row b drawn with samplings[b] and its own generator."""
     out = np.empty(logits.shape[0], np.int64)
-    for b, row in enumerate(logits.astype(np.float64) / sampling.temperature):
-        p = np.exp(row - row.max())
+    for b, (row, sampling) in enumerate(zip(logits, samplings)):
+        if sampling.greedy:
+            out[b] = int(row.argmax())
+            continue
+        z = row.astype(np.float64) / sampling.temperature
+        p = np.exp(z - z.max())
         p /= p.sum()
         order = np.argsort(-p, kind="stable")
         cum = np.cumsum(p[order])
         cut = order[: int(np.searchsorted(cum, sampling.top_p) + 1)]
         out[b] = rngs[b].choice(cut, p=p[cut] / p[cut].sum())
     return out
+
+
+def sample(logits: np.ndarray, sampling: Sampling, rngs: Sequence[np.random.Generator]) -> np.ndarray:
+    """(B, vocab) logits -> (B,) token ids, every row with the same settings."""
+    return sample_rows(logits, [sampling] * logits.shape[0], rngs)
 
 
 @dataclass
@@ -65,16 +97,21 @@ class StepTimes:
 
 
 def generate_steps(decoder: StepDecoder | SequenceDecoder, ids: Sequence[Sequence[int]], table: np.ndarray,
-                   visual_tokens: int, sampling: Sampling, *, eos: int, pad: int,
-                   times: StepTimes) -> Iterator[np.ndarray]:
-    """Yields the (B,) token ids of every step until all requests ended or max_new_tokens."""
+                   visual_tokens: int, sampling: Sampling | Sequence[Sampling], *, eos: int, pad: int,
+                   times: StepTimes, done: np.ndarray | None = None) -> Iterator[np.ndarray]:
+    """Yields the (B,) token ids of every step (`pad` for requests that have ended) until every
+    request has ended: by end of sequence, by reaching its own max_new_tokens, or because the caller
+    set its entry of `done` (a (B,) bool array it owns: a stop sequence, a cancelled request)
+    between two steps. Requests that have ended leave the decoder's batch when the decoder can drop
+    cache rows (`StepDecoder.keep_rows`), so they stop costing compute; the others go on exactly as
+    before (left padding and masks make each row independent of the rest)."""
     bsz, k = len(ids), visual_tokens
+    samplings = per_request(sampling, bsz)
+    done = np.zeros(bsz, bool) if done is None else done
+    limits = np.array([s.max_new_tokens for s in samplings])
+    stops = np.array([-1 if s.ignore_eos else eos for s in samplings])
     if isinstance(decoder, SequenceDecoder):
-        t1 = time.perf_counter()
-        tokens = decoder.generate_ids(ids, table, k, sampling.max_new_tokens, sampling.temperature, sampling.top_p,
-                                      eos, pad)
-        times.prefill_s = time.perf_counter() - t1
-        yield from tokens.T
+        yield from _sequence_steps(decoder, ids, table, k, samplings, eos, pad, times, done, limits, stops)
         return
     width = max(len(p) for p in ids)
     input_ids = np.full((bsz, width), pad, np.int64)
@@ -83,28 +120,53 @@ def generate_steps(decoder: StepDecoder | SequenceDecoder, ids: Sequence[Sequenc
         input_ids[b, width - len(p):] = p
         mask[b, width - len(p):] = 1
     positions = np.maximum(np.cumsum(mask, axis=1) - 1, 0)
-    prompt_table = {Tensors.PROMPT_TABLE: np.ascontiguousarray(table), Tensors.TASKS: np.zeros(bsz, np.int64),
-                    Tensors.PROMPT_VOCAB_SIZE: np.array([k], np.int64)}
-    rngs = [np.random.default_rng(sampling.seed) for _ in range(bsz)]
-    stop = -1 if sampling.ignore_eos else eos
-    done = np.zeros(bsz, bool)
+    table = np.ascontiguousarray(table)
+    rngs = [np.random.default_rng(s.seed) for s in samplings]
+    rows = np.arange(bsz)  # the request each of the decoder's batch rows belongs to
+
+    def feeds(step_ids, step_positions, step_mask):
+        return {Tensors.INPUT_IDS: step_ids, Tensors.POSITION_IDS: step_positions, Tensors.ATTENTION_MASK: step_mask,
+                Tensors.PROMPT_TABLE: table, Tensors.TASKS: np.zeros(len(rows), np.int64),
+                Tensors.PROMPT_VOCAB_SIZE: np.array([k], np.int64)}
+
     decoder.start(bsz)
     t1 = time.perf_counter()
-    logits = decoder.step({Tensors.INPUT_IDS: input_ids, Tensors.POSITION_IDS: positions,
-                           Tensors.ATTENTION_MASK: mask, **prompt_table})
-    for n in range(sampling.max_new_tokens):
-        token = np.where(done, pad, sample(logits, sampling, rngs))
+    logits = decoder.step(feeds(input_ids, positions, mask))
+    for n in range(int(limits.max())):
+        token = np.full(bsz, pad, np.int64)
+        live = ~done[rows]
+        token[rows[live]] = sample_rows(logits[live], [samplings[r] for r in rows[live]], [rngs[r] for r in rows[live]])
         now = time.perf_counter()
         if n == 0:
             times.prefill_s = now - t1
         else:
             times.decode_s.append(now - t1)
         yield token
-        done |= token == stop
-        if done.all() or n + 1 == sampling.max_new_tokens:
+        done |= (token == stops) | (n + 1 >= limits)
+        if done.all():  # read after the caller had its say
             return
         t1 = time.perf_counter()
+        keep = ~done[rows]
+        if not keep.all() and decoder.keep_rows(np.flatnonzero(keep)):
+            rows, positions, mask = rows[keep], positions[keep], mask[keep]
         positions = positions[:, -1:] + 1
-        mask = np.concatenate([mask, np.ones((bsz, 1), np.int64)], axis=1)
-        logits = decoder.step({Tensors.INPUT_IDS: token[:, None].astype(np.int64), Tensors.POSITION_IDS: positions,
-                               Tensors.ATTENTION_MASK: mask, **prompt_table})
+        mask = np.concatenate([mask, np.ones((len(rows), 1), np.int64)], axis=1)
+        logits = decoder.step(feeds(token[rows][:, None], positions, mask))
+
+
+def _sequence_steps(decoder: SequenceDecoder, ids, table, k, samplings, eos, pad, times, done, limits, stops):
+    """A decoder that runs the whole loop itself: one sampling rule for the batch, the longest
+    max_new_tokens; each request's tokens are then cut at its own limit and end of sequence."""
+    first = samplings[0]
+    if not all(first.same_draw(s) for s in samplings):
+        raise UserError(f"the {decoder.name} decoder samples a whole batch one way: give its requests the same "
+                        "temperature, top_p and seed")
+    t1 = time.perf_counter()
+    tokens = decoder.generate_ids(ids, table, k, int(limits.max()), first.temperature, first.top_p, eos, pad)
+    times.prefill_s = time.perf_counter() - t1
+    for n, step in enumerate(tokens.T):
+        step = np.where(done, pad, step).astype(np.int64)
+        yield step
+        done |= (step == stops) | (n + 1 >= limits)
+        if done.all():
+            return

@@ -102,16 +102,43 @@ class Inputs:
         request (vocab_size + request*K + j, tasks = 0: TensorRT-LLM's multimodal layout).
         K (`visual_tokens`) is the per-request stride of the table; the request uses its first
         `count` rows (default K; LLaVA-NeXT images differ in token count)."""
+        return self.fill_image(self.prompts.image_prompt_ids(prompt), request, visual_tokens, count)
+
+    def fill_image(self, ids: Sequence[int], request: int, visual_tokens: int, count: int | None = None) -> list[int]:
+        """`ids` (a rendered chat) with its one image placeholder replaced by this request's
+        fake prompt-table ids (see `prompt_ids`)."""
         count = visual_tokens if count is None else count
         if not 0 < count <= visual_tokens:
             raise UserError(f"an image of {count} visual tokens does not fit the engine's {visual_tokens} per request")
-        ids = self.prompts.image_prompt_ids(prompt)
+        at = self.image_position(ids)
+        vocab = self.engine.decoder.vocab_size
+        fake = list(range(vocab + request * visual_tokens, vocab + request * visual_tokens + count))
+        return list(ids[:at]) + fake + list(ids[at + 1:])
+
+    def image_position(self, ids: Sequence[int]) -> int:
         where = [i for i, t in enumerate(ids) if t == self.image_token_id]
         if len(where) != 1:
             raise UserError(f"the prompt must hold exactly one image placeholder, found {len(where)}")
-        vocab = self.engine.decoder.vocab_size
-        fake = list(range(vocab + request * visual_tokens, vocab + request * visual_tokens + count))
-        return ids[: where[0]] + fake + ids[where[0] + 1 :]
+        return where[0]
+
+    def chat_ids(self, messages: Sequence[Any]) -> tuple[list[int], str]:
+        """An OpenAI-style chat (possibly several turns) holding exactly one image part
+        (`{"type": "image"}`, in a user message) -> its token ids with the one image placeholder,
+        and the text prompt-aware pruning (HiPrune++) embeds: the text parts of the last user
+        message, the question being answered now (joined by newlines; "" if it has none)."""
+        from .prompts import checked_messages
+
+        messages = checked_messages(messages)
+        images = [(m["role"], part) for m in messages for part in (m.get("content") or []) if part["type"] == "image"]
+        if len(images) != 1:
+            raise UserError(f"this model takes exactly one image per request, the chat holds {len(images)}")
+        if images[0][0] != "user":
+            raise UserError(f"the image must be in a user message, not a {images[0][0]!r} one")
+        ids = self.prompts.chat_ids(messages)
+        self.image_position(ids)  # a template that dropped the image, or text spelling the placeholder
+        users = [m for m in messages if m["role"] == "user"]
+        texts = [p["text"] for p in (users[-1].get("content") or []) if p["type"] == "text"] if users else []
+        return ids, "\n".join(texts)
 
     def decode(self, ids: Sequence[int]) -> str:
         """Text of generated ids; ids past the tokenizer (random-weight decoders have a larger

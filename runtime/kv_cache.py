@@ -36,6 +36,11 @@ class InplaceKvCache:
         self.buffers = {past: allocate(self.shape, section.dtype) for past, _ in self.names}
         self.steps = 0
 
+    def keep_rows(self, rows, take: Callable[[Any, Any], Any]) -> None:
+        """Drop every batch row but `rows`; `take(buffer, rows)` returns a new buffer of those rows."""
+        self.buffers = {past: take(buffer, rows) for past, buffer in self.buffers.items()}
+        self.shape = (len(rows), *self.shape[1:])
+
     def pairs(self) -> Iterator[tuple[str, str, Any]]:
         for past, present in self.names:
             yield past, present, self.buffers[past]

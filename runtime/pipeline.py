@@ -23,13 +23,17 @@ from .backends import BACKENDS, Choice, choose, provider
 from .backends.base import Decoder, VisionBackend
 from .contract import EngineDir, open_engine_dir
 from .errors import EngineDirError, UserError
+from .backends.base import StepDecoder
+from .detokenize import RequestText
 from .generation import Sampling, StepTimes, generate_steps
-from .inputs import Inputs
+from .inputs import AnyresBatch, Inputs
+from .requests import Prepared, prepare
 from .results import Backends, Generation, GenerationStream, StreamChunk, Timings
 
 DEFAULT_NEW_TOKENS = 64  # capped by the engine's --max-output-len
 
-__all__ = ["BACKENDS", "DEFAULT_NEW_TOKENS", "Generation", "GenerationStream", "Pipeline", "StreamChunk", "Timings"]
+__all__ = ["BACKENDS", "DEFAULT_NEW_TOKENS", "Generation", "GenerationStream", "Pipeline", "Prepared", "Sampling",
+           "StreamChunk", "Timings"]
 
 
 def _verify_used_files(engine: EngineDir, parts, own_decoder: bool) -> None:
@@ -120,52 +124,58 @@ class Pipeline:
             raise UserError(f"batch of {len(images)} exceeds the engine's max batch {self.engine.max_batch}")
         return images, prompts, single
 
-    def _sampling(self, max_new_tokens, temperature, top_p, seed, ignore_eos) -> Sampling:
+    def sampling(self, max_new_tokens: int | None = None, temperature: float = 0.0, top_p: float = 1.0,
+                 seed: int = 0, ignore_eos: bool = False, stop: str | Sequence[str] = ()) -> Sampling:
+        """Checked sampling settings; max_new_tokens=None: 64, capped by the engine's --max-output-len."""
         limit = self.engine.decoder.max_output_len
         if max_new_tokens is None:
             max_new_tokens = min(DEFAULT_NEW_TOKENS, limit)
-        sampling = Sampling(max_new_tokens, temperature, top_p, seed, ignore_eos)
+        sampling = Sampling(max_new_tokens, temperature, top_p, seed, ignore_eos, stop)
         if sampling.max_new_tokens > limit:
             raise UserError(f"--max-new-tokens {max_new_tokens} exceeds the engine's --max-output-len {limit}")
         return sampling
 
-    def _encode(self, prompts: Sequence[str], counts: Sequence[int] | None = None) -> list[list[int]]:
-        """Prompt ids with each request's fake prompt-table ids (`counts`: visual tokens of each
-        request, default the engine's K); over-long prompts are refused before any compute."""
-        dec = self.engine.decoder
-        k = self.engine.visual_tokens
-        counts = list(counts) if counts is not None else [k] * len(prompts)
-        ids = [self.inputs.prompt_ids(p, i, k, n) for i, (p, n) in enumerate(zip(prompts, counts))]
-        for p, n in zip(ids, counts):
-            if len(p) > dec.max_input_len:
-                raise UserError(f"the prompt is {len(p)} tokens ({n} image + {len(p) - n} text), longer than "
-                                f"the engine's --max-input-len {dec.max_input_len}")
-        return ids
+    def prepare(self, image, prompt: str | None = None, *, messages: Sequence[Any] | None = None,
+                sampling: Sampling | None = None) -> Prepared:
+        """One request checked and preprocessed, ready for `run`: `image` with a `prompt` or an
+        OpenAI-style chat (`messages`, exactly one `{"type": "image"}` part, in a user message;
+        prompt-aware pruning embeds the last user message's text). Thread-safe and lock-free:
+        a server prepares requests while a batch runs. Over-long prompts are refused here."""
+        return prepare(self, image, prompt, messages, sampling if sampling is not None else self.sampling())
+
+    @property
+    def mixed_sampling(self) -> bool:
+        """Whether one batch may mix greedy and sampled requests with different settings (every
+        step-level decoder); TensorRT-LLM samples a whole batch one way."""
+        return isinstance(self.decoder, StepDecoder)
 
     # ---- visual tokens ----------------------------------------------------------------------
     def _text_embeds(self, prompts: Sequence[str]) -> np.ndarray | None:
         return self.text(prompts) if self.text is not None else None
 
-    def _visual(self, images, prompts) -> _Visual:
+    def _ids(self, requests: Sequence[Prepared]) -> list[list[int]]:
+        k = self.engine.visual_tokens
+        return [self.inputs.fill_image(r.chat_ids, b, k, r.visual_tokens) for b, r in enumerate(requests)]
+
+    def _visual(self, requests: Sequence[Prepared]) -> _Visual:
         if self.inputs.anyres is not None:
-            return self._visual_anyres(images, prompts)
-        ids = self._encode(prompts)
-        px = self.inputs.pixel_values(images, self.vision.input_dtype)
+            return self._visual_anyres(requests)
+        px = np.concatenate([r.pixels for r in requests])
         t0 = time.perf_counter()
-        out = self.vision(px, text_embeds=self._text_embeds(prompts))
+        out = self.vision(px, text_embeds=self._text_embeds([r.pruning_text for r in requests]))
         vision_s = time.perf_counter() - t0
         bsz, k, hid = out.features.shape
         if k != self.engine.visual_tokens:
             raise EngineDirError(f"the vision engine gives {k} tokens but the decoder was built for "
                                  f"{self.engine.visual_tokens}: the engine directory is inconsistent; rebuild it")
         kept = [[int(i) for i in row] for row in out.kept]
-        return _Visual(ids, out.features.reshape(bsz * k, hid), kept, [k] * bsz, vision_s)
+        return _Visual(self._ids(requests), out.features.reshape(bsz * k, hid), kept, [k] * bsz, vision_s)
 
-    def _visual_anyres(self, images, prompts) -> _Visual:
-        batch = self.inputs.anyres_views(images, self.vision.input_dtype)
-        ids = self._encode(prompts, batch.counts)
+    def _visual_anyres(self, requests: Sequence[Prepared]) -> _Visual:
+        batch = AnyresBatch([r.pixels for r in requests], [r.size for r in requests], [r.layout for r in requests],
+                            [r.visual_tokens for r in requests])
         t0 = time.perf_counter()
-        per_image, kept = self.image_features(batch, prompts)
+        per_image, kept = self.image_features(batch, [r.pruning_text for r in requests])
         vision_s = time.perf_counter() - t0
         k = self.engine.visual_tokens
         table = np.zeros((len(per_image) * k, per_image[0].shape[-1]), per_image[0].dtype)
@@ -173,7 +183,7 @@ class Pipeline:
             if feats.shape[0] != count:
                 raise EngineDirError(f"image {b} gave {feats.shape[0]} visual tokens, {count} were expected")
             table[b * k: b * k + count] = feats
-        return _Visual(ids, table, kept, list(batch.counts), vision_s)
+        return _Visual(self._ids(requests), table, kept, list(batch.counts), vision_s)
 
     def image_features(self, batch, prompts) -> tuple[list[np.ndarray], list[list[list[int]]]]:
         """LLaVA-NeXT: every view of the batch through the vision backend in one run, then each
@@ -217,80 +227,99 @@ class Pipeline:
         return self._newline_row
 
     # ---- generation -------------------------------------------------------------------------
-    def _steps(self, images, prompts, sampling: Sampling, times: StepTimes) -> tuple[_Visual, Iterator[np.ndarray]]:
-        visual = self._visual(images, prompts)
-        steps = generate_steps(self.decoder, visual.ids, visual.table, self.engine.visual_tokens, sampling,
-                               eos=self.inputs.eos_token_id, pad=self.inputs.pad_token_id, times=times)
-        return visual, steps
+    def run(self, requests: Sequence[Prepared]) -> GenerationStream:
+        """One engine call for a batch of prepared requests, each with its own sampling (max
+        tokens, temperature, top_p, seed, stop strings), each getting exactly the tokens it gets
+        alone. Iterating yields StreamChunks as tokens arrive; a request's last chunk carries its
+        Generation (`chunk.generation`) as soon as it ends, while the others go on.
+        `stream.cancel(i)` ends request i at the next step (finish_reason "cancelled"), so it
+        stops costing decode steps; the step loop ends when every request has ended. The batch
+        runs under the pipeline's lock when iteration starts."""
+        requests = list(requests)
+        if not requests:
+            raise UserError("no requests given")
+        if len(requests) > self.engine.max_batch:
+            raise UserError(f"batch of {len(requests)} exceeds the engine's max batch {self.engine.max_batch}")
+        for r in requests:
+            if not isinstance(r, Prepared):
+                raise UserError(f"run takes requests from Pipeline.prepare, not {type(r).__name__}")
+        samplings = [r.sampling for r in requests]
+        if not self.mixed_sampling and not all(samplings[0].same_draw(s) for s in samplings):
+            raise UserError(f"the {self.decoder.name} decoder samples a whole batch one way: give its requests "
+                            "the same temperature, top_p and seed")
+        done = np.zeros(len(requests), bool)
+        cancelled = np.zeros(len(requests), bool)
+        results: list[Generation | None] = [None] * len(requests)
 
-    def _finish(self, tokens: list[list[int]], visual: _Visual, times: StepTimes, sampling: Sampling) -> list[Generation]:
-        out = []
-        eos = -1 if sampling.ignore_eos else self.inputs.eos_token_id
-        timings = Timings(visual.vision_s, times.prefill_s, tuple(times.decode_s))
-        for b, seq in enumerate(tokens):
-            stopped = eos in seq
-            if stopped:
-                seq = seq[: seq.index(eos) + 1]
-            text = self.inputs.decode([t for t in seq if t != eos])
-            out.append(Generation(text, [int(t) for t in seq], visual.kept[b], timings, visual.counts[b],
-                                  len(visual.ids[b]), "stop" if stopped else "length"))
-        return out
-
-    def generate(self, images, prompts, max_new_tokens: int | None = None, temperature: float = 0.0,
-                 top_p: float = 1.0, seed: int = 0, ignore_eos: bool = False) -> Generation | list[Generation]:
-        """A single image -> one Generation; a list of images -> a list (one per image, each equal
-        to that request alone). max_new_tokens=None: 64, capped by the engine's --max-output-len."""
-        images, prompts, single = self._requests(images, prompts)
-        sampling = self._sampling(max_new_tokens, temperature, top_p, seed, ignore_eos)
-        with self._lock:
-            times = StepTimes()
-            visual, steps = self._steps(images, prompts, sampling, times)
-            tokens: list[list[int]] = [[] for _ in images]
-            for step in steps:
-                for b, t in enumerate(step):
-                    tokens[b].append(int(t))
-            results = self._finish(tokens, visual, times, sampling)
-        return results[0] if single else results
-
-    def stream(self, images, prompts, max_new_tokens: int | None = None, temperature: float = 0.0,
-               top_p: float = 1.0, seed: int = 0) -> GenerationStream:
-        """Like `generate`, but iterating the result yields StreamChunks as tokens arrive (text is
-        held back while a multi-byte character is incomplete); afterwards `.results` holds the
-        Generations. Requests are checked here, before anything runs."""
-        images, prompts, _ = self._requests(images, prompts)
-        sampling = self._sampling(max_new_tokens, temperature, top_p, seed, False)
-        state: dict[str, Any] = {}
+        def cancel(index: int) -> None:
+            if not 0 <= index < len(requests):
+                raise UserError(f"no request {index} in a batch of {len(requests)}")
+            cancelled[index] = True
+            done[index] = True  # read by the step loop before its next step
 
         def chunks() -> Iterator[StreamChunk]:
             with self._lock:
                 times = StepTimes()
-                visual, steps = self._steps(images, prompts, sampling, times)
-                tokens: list[list[int]] = [[] for _ in images]
-                pending: list[list[int]] = [[] for _ in images]
-                shown = ["" for _ in images]
-                finished = [False for _ in images]
+                visual = self._visual(requests)
                 eos = self.inputs.eos_token_id
-                for step in steps:
-                    for b, t in enumerate(step):
-                        if finished[b]:
-                            continue
-                        if int(t) == eos:
-                            finished[b] = True
-                            tokens[b].append(int(t))
-                            continue
-                        tokens[b].append(int(t))
-                        pending[b].append(int(t))
-                        text = self.inputs.decode([x for x in tokens[b] if x != eos])
-                        if text.endswith("\ufffd"):  # incomplete UTF-8 sequence: wait for the next token
-                            continue
-                        if len(text) > len(shown[b]) and text.startswith(shown[b]):
-                            chunk, shown[b] = text[len(shown[b]):], text
-                            yield StreamChunk(b, chunk, tuple(pending[b]))
-                            pending[b] = []
-                for b in range(len(images)):  # flush what was held back (an incomplete sequence at the end)
-                    text = self.inputs.decode([x for x in tokens[b] if x != eos])
-                    if len(text) > len(shown[b]) and text.startswith(shown[b]):
-                        yield StreamChunk(b, text[len(shown[b]):], tuple(pending[b]))
-                state["results"] = self._finish(tokens, visual, times, sampling)
+                texts = [RequestText(self.inputs.decode, None if r.sampling.ignore_eos else eos, r.sampling.stop)
+                         for r in requests]
+                ended = [False] * len(requests)
+                steps = generate_steps(self.decoder, visual.ids, visual.table, self.engine.visual_tokens, samplings,
+                                       eos=eos, pad=self.inputs.pad_token_id, times=times, done=done)
 
-        return GenerationStream(chunks(), lambda: state["results"])
+                def finish(b: int, reason: str) -> StreamChunk:
+                    ended[b] = True
+                    text = texts[b]
+                    rest = text.flush()
+                    timings = Timings(visual.vision_s, times.prefill_s, tuple(times.decode_s[:max(0, len(text.tokens) - 1)]))
+                    results[b] = Generation(text.text(), list(text.tokens), visual.kept[b], timings, visual.counts[b],
+                                            len(visual.ids[b]), reason)
+                    return StreamChunk(b, rest, text.take_pending(), results[b])
+
+                for step in steps:
+                    for b, token in enumerate(step):
+                        if ended[b]:
+                            continue
+                        if cancelled[b]:
+                            yield finish(b, "cancelled")
+                            continue
+                        text = texts[b]
+                        new = text.add(int(token))
+                        if new:
+                            yield StreamChunk(b, new, text.take_pending())
+                        if text.stopped or int(token) == text.eos:
+                            done[b] = True
+                            yield finish(b, "stop")
+                        elif len(text.tokens) >= requests[b].sampling.max_new_tokens:
+                            done[b] = True
+                            yield finish(b, "length")
+                for b in range(len(requests)):  # cancelled before their first token, or the decoder ran short
+                    if not ended[b]:
+                        yield finish(b, "cancelled" if cancelled[b] else "length")
+
+        return GenerationStream(chunks(), lambda: list(results), cancel)
+
+    def generate(self, images, prompts, max_new_tokens: int | None = None, temperature: float = 0.0,
+                 top_p: float = 1.0, seed: int = 0, ignore_eos: bool = False,
+                 stop: str | Sequence[str] = ()) -> Generation | list[Generation]:
+        """A single image -> one Generation; a list of images -> a list (one per image, each equal
+        to that request alone). max_new_tokens=None: 64, capped by the engine's --max-output-len."""
+        stream = self._stream(images, prompts, max_new_tokens, temperature, top_p, seed, ignore_eos, stop)
+        for _ in stream:
+            pass
+        return stream.results[0] if stream.single else stream.results
+
+    def stream(self, images, prompts, max_new_tokens: int | None = None, temperature: float = 0.0,
+               top_p: float = 1.0, seed: int = 0, stop: str | Sequence[str] = ()) -> GenerationStream:
+        """Like `generate`, but iterating the result yields StreamChunks as tokens arrive (text is
+        held back while a multi-byte character is incomplete); afterwards `.results` holds the
+        Generations. Requests are checked here, before anything runs."""
+        return self._stream(images, prompts, max_new_tokens, temperature, top_p, seed, False, stop)
+
+    def _stream(self, images, prompts, *sampling_args) -> GenerationStream:
+        images, prompts, single = self._requests(images, prompts)
+        sampling = self.sampling(*sampling_args)
+        stream = self.run([self.prepare(image, prompt, sampling=sampling) for image, prompt in zip(images, prompts)])
+        stream.single = single
+        return stream

@@ -14,7 +14,7 @@ from .chat_template import ChatTemplate
 from .errors import UserError, one_line
 from .tokenizer import Tokenizer
 
-__all__ = ["ChatEncoder", "ChatTemplate", "Tokenizer", "checked_text"]
+__all__ = ["ChatEncoder", "ChatTemplate", "Tokenizer", "checked_messages", "checked_text"]
 
 DEFAULT_IMAGE_TOKEN = "<image>"
 
@@ -36,7 +36,7 @@ def checked_text(text: Any, what: str = "the prompt") -> str:
     return text
 
 
-def _checked_messages(messages: Sequence[Any]) -> list[dict[str, Any]]:
+def checked_messages(messages: Sequence[Any]) -> list[dict[str, Any]]:
     """OpenAI-style messages checked: each a dict with a str role and content that is a string or
     a list of parts; every text is valid Unicode. A string content becomes one text part (HF
     passes strings through, and LLaVA templates, which loop over parts, would drop them)."""
@@ -114,7 +114,7 @@ class ChatEncoder:
     def chat_text(self, messages: Sequence[Any], add_generation_prompt: bool = True) -> str:
         """The chat template rendered on OpenAI-style messages (`apply_chat_template(...,
         tokenize=False)`)."""
-        return self.template.render(_checked_messages(messages), add_generation_prompt=add_generation_prompt,
+        return self.template.render(checked_messages(messages), add_generation_prompt=add_generation_prompt,
                                     special_tokens=self.tokenizer.special_tokens)
 
     def chat_ids(self, messages: Sequence[Any], add_generation_prompt: bool = True) -> list[int]:

@@ -50,7 +50,7 @@ class Generation:
     timings: Timings
     visual_tokens: int
     prompt_tokens: int
-    finish_reason: str  # "stop" (end of sequence) | "length" (max_new_tokens reached)
+    finish_reason: str  # "stop" (end of sequence or a stop string) | "length" (max_new_tokens) | "cancelled"
 
     def as_dict(self) -> dict[str, Any]:
         return {"text": self.text, "token_ids": self.token_ids, "kept_indices": self.kept_indices,
@@ -61,25 +61,36 @@ class Generation:
 @dataclass(frozen=True)
 class StreamChunk:
     """New text of one request (`request` = its index in the batch); `token_ids` the tokens that
-    produced it (several when a multi-byte character needed more than one)."""
+    produced it (several when a multi-byte character needed more than one). A request's last
+    chunk carries its whole `generation` (its text may be empty); earlier chunks carry None."""
 
     request: int
     text: str
     token_ids: tuple[int, ...] = ()
+    generation: Generation | None = None
 
 
 @dataclass
 class GenerationStream:
     """Iterating yields StreamChunks as tokens arrive; once it is exhausted, `results` holds each
-    request's Generation (the same values `Pipeline.generate` returns)."""
+    request's Generation (the same values `Pipeline.generate` returns). `cancel(i)` ends request
+    i early, from any thread."""
 
     _chunks: Iterator[StreamChunk]
     _finish: Callable[[], list[Generation]]
+    _cancel: Callable[[int], None] | None = None
     results: list[Generation] = field(default_factory=list)
+    single: bool = False  # made from one image (Pipeline.generate then returns one Generation)
 
     def __iter__(self) -> Iterator[StreamChunk]:
         yield from self._chunks
         self.results = self._finish()
+
+    def cancel(self, request: int) -> None:
+        """End request `request` (its index in the batch) at the next step; its Generation has
+        finish_reason "cancelled". The others go on."""
+        if self._cancel is not None:
+            self._cancel(request)
 
     def text(self) -> str:
         """Consume the stream of a single request and return its whole text."""

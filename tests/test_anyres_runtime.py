@@ -97,16 +97,9 @@ ALL_SIZES = [*LAYOUT_IMAGES.values(), EXTREME]
 
 
 def _build(root, method: str, keep: int | None) -> str:
-    """fp32 (so ONNX Runtime and torch agree on every kept index), max batch 6."""
-    from exporter.cli import main
+    from fakes.engines import build_next_engine_dir
 
-    out = root / f"next-{method}-k{keep}-fp32-b6"
-    if not (out / "config.json").exists():
-        argv = ["build", "--model", "tiny-llava-next", "--method", method, "--precision", "fp32", "--max-batch", "6",
-                "--backend", "onnx", "--max-output-len", "40", "--out", str(out)]
-        argv += ["--keep", str(keep)] if keep is not None else []
-        assert main(argv) == 0, f"build failed: {argv}"
-    return str(out)
+    return build_next_engine_dir(root, method, keep)
 
 
 @pytest.fixture(scope="module")

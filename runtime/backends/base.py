@@ -69,6 +69,13 @@ class StepDecoder(ABC):
     @abstractmethod
     def step(self, feeds: dict[str, np.ndarray]) -> np.ndarray: ...
 
+    def keep_rows(self, rows: np.ndarray) -> bool:
+        """Keep only these rows (ascending indices into the current batch) of the cached
+        keys/values, so requests that ended stop costing compute; the next step's feeds have
+        len(rows) rows. False: this decoder cannot, and the loop keeps feeding the ended rows
+        padding instead (same tokens for the others, more work)."""
+        return False
+
 
 class SequenceDecoder(ABC):
     """A decoder that runs the whole generation loop itself (TensorRT-LLM)."""

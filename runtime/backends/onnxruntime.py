@@ -100,23 +100,37 @@ class OrtDecoder(StepDecoder):
         self.outputs = [Tensors.LOGITS] + [present for _, present in self.kv]
         self.past: dict[str, np.ndarray] = {}
         self.cache = None  # InplaceKvCache of an in-place decoder
+        self._arrays: dict[int, np.ndarray] = {}  # the numpy memory under each in-place cache OrtValue
 
     def start(self, batch: int) -> None:
+        self._arrays.clear()
         if self.sec.kv_cache == "inplace":
             from ..kv_cache import InplaceKvCache
 
-            ort = need("onnxruntime", f"--backend {NAME}")
-            arrays = []  # the OrtValues borrow these arrays' memory: keep them alive
-
-            def allocate(shape, dtype):
-                arrays.append(np.zeros(shape, _NP[dtype]))
-                return ort.OrtValue.ortvalue_from_numpy(arrays[-1])
-
-            self.cache = InplaceKvCache(self.sec, batch, allocate)
-            self.cache.arrays = arrays
+            self.cache = InplaceKvCache(self.sec, batch, lambda shape, dtype: self._ortvalue(np.zeros(shape, _NP[dtype])))
             return
         shape = (batch, self.sec.num_kv_heads, 0, self.sec.head_dim)
         self.past = {past: np.zeros(shape, self.dtype) for past, _ in self.kv}
+
+    def _ortvalue(self, array: np.ndarray) -> Any:
+        """An OrtValue over `array`'s memory; it borrows that memory, so the array stays attached."""
+        ort = need("onnxruntime", f"--backend {NAME}")
+        value = ort.OrtValue.ortvalue_from_numpy(array)
+        self._arrays[id(value)] = array
+        return value
+
+    def keep_rows(self, rows: np.ndarray) -> bool:
+        rows = np.asarray(rows, np.int64)
+        if self.cache is None:
+            self.past = {name: np.ascontiguousarray(value[rows]) for name, value in self.past.items()}
+            return True
+
+        def take(value, keep):
+            array = self._arrays.pop(id(value))
+            return self._ortvalue(np.ascontiguousarray(array[keep]))
+
+        self.cache.keep_rows(rows, take)
+        return True
 
     def step(self, feeds: dict[str, np.ndarray]) -> np.ndarray:
         feeds = dict(feeds)

@@ -22,6 +22,20 @@ def build_engine_dir(root: Path, method: str, keep: int = 64, precision: str = "
     return str(out)
 
 
+def build_next_engine_dir(root: Path, method: str, keep: int | None) -> str:
+    """A tiny-llava-next engine directory: fp32 (so ONNX Runtime and torch agree on every kept
+    index), max batch 6."""
+    from exporter.cli import main
+
+    out = Path(root) / f"next-{method}-k{keep}-fp32-b6"
+    if not (out / "config.json").exists():
+        argv = ["build", "--model", "tiny-llava-next", "--method", method, "--precision", "fp32", "--max-batch", "6",
+                "--backend", "onnx", "--max-output-len", "40", "--out", str(out)]
+        argv += ["--keep", str(keep)] if keep is not None else []
+        assert main(argv) == 0, f"build failed: {argv}"
+    return str(out)
+
+
 def write_images(root: Path) -> list[Path]:
     """Three different, blocky (attention-friendly) images of different sizes."""
     from PIL import Image
