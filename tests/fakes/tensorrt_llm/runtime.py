@@ -24,6 +24,9 @@ class ModelRunner:
         self.kv = (cfg["pretrained_config"]["num_key_value_heads"], cfg["edgeprune_head_dim"])
         self.dtype = np.float16 if cfg["pretrained_config"]["dtype"] == "float16" else np.float32
         self.session = ort.InferenceSession(str(onnx), providers=["CPUExecutionProvider"])
+        # an in-place KV-cache decoder takes fixed (B, kv, max_seq, d) buffers; a concat one grows them
+        past_len = next(i.shape[2] for i in self.session.get_inputs() if i.name.startswith("past_key_values"))
+        self.cache_len = past_len if isinstance(past_len, int) else 0
 
     @classmethod
     def from_dir(cls, engine_dir: str, rank: int = 0, **kwargs):
@@ -48,7 +51,7 @@ class ModelRunner:
         outs, lengths = [], []
         for b, ids in enumerate(batch_input_ids):  # in-flight batching: requests are independent
             seq = ids.numpy().astype(np.int64)[None]
-            past = {f"past_key_values.{i}.{n}": np.zeros((1, *self.kv[:1], 0, self.kv[1]), self.dtype)
+            past = {f"past_key_values.{i}.{n}": np.zeros((1, *self.kv[:1], self.cache_len, self.kv[1]), self.dtype)
                     for i in range(self.layers) for n in ("key", "value")}
             new, cur = [], seq
             for _ in range(max_new_tokens):
