@@ -315,9 +315,10 @@ def test_memory_does_not_grow_over_500_requests(server, images):
 def test_flood_fills_the_queue_and_deadlines_cancel(serve_engine, pipe, images, tmp_path):
     """One request per engine call, two may wait: a burst of 12 gets 503 + Retry-After for the
     rest; a request that outlives --request-timeout gets 504 and is cancelled. The deadline,
-    0.25 s, is shorter than any CPU needs for the vision graph plus 300 decode steps."""
+    0.02 s, is shorter than the tiny engine's vision graph alone (~0.1 s on a quiet CPU), so the
+    long answer can never finish first."""
     body = json.dumps(chat(data_url(images[0]), PROMPTS[0], max_tokens=20, temperature=0)).encode()
-    with ServerProcess(serve_engine, "--max-batch", "1", "--max-queue", "2", "--request-timeout", "0.25",
+    with ServerProcess(serve_engine, "--max-batch", "1", "--max-queue", "2", "--request-timeout", "0.02",
                        log_path=tmp_path / "flood.log", cwd=ROOT) as srv:
         with ThreadPoolExecutor(12) as pool:
             answers = list(pool.map(lambda _: request(srv.url, "POST", "/v1/chat/completions", body), range(12)))
@@ -331,7 +332,7 @@ def test_flood_fills_the_queue_and_deadlines_cancel(serve_engine, pipe, images, 
         slow = chat(data_url(image), prompt, max_tokens=MAX_OUTPUT, temperature=0)
         before = request(srv.url, "GET", "/health")[2]
         status, _, got = request(srv.url, "POST", "/v1/chat/completions", slow)
-        assert status == 504 and "--request-timeout 0.25 s" in _error(status, got, "deadline_exceeded")
+        assert status == 504 and "--request-timeout 0.02 s" in _error(status, got, "deadline_exceeded")
         after = _settled(srv.url, before)
         assert after["generated_tokens"] - before["generated_tokens"] < MAX_OUTPUT
         # a deadline in a stream: the error arrives as an event, then [DONE]

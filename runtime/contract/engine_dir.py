@@ -6,6 +6,7 @@ typed sections back, so a bad directory ends as one clear EngineDirError before 
 is loaded."""
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 from dataclasses import dataclass, replace
@@ -167,6 +168,8 @@ def write_config(root: Path, config: EngineConfig) -> EngineConfig:
     """Stamp the format, record every artifact and write config.json; returns what was written."""
     root = Path(root)
     config = replace(config, format=FORMAT, format_version=FORMAT_VERSION, artifacts=artifact_records(root))
-    text = json.dumps(to_json(config), indent=2) + "\n"
+    # every top-level section is written, null when absent ("text": null says "no text tower")
+    data = {f.name: to_json(getattr(config, f.name)) for f in dataclasses.fields(config)}
+    text = json.dumps(data, indent=2) + "\n"
     (root / CONFIG_FILE).write_text(text, encoding="utf-8")
     return config

@@ -116,10 +116,22 @@ def parse(cls: type[T], data: Any, where: str = "") -> T:
     return record
 
 
+def _is_default(f: dataclasses.Field, value: Any) -> bool:
+    if f.default is not dataclasses.MISSING:
+        return value == f.default
+    if f.default_factory is not dataclasses.MISSING:
+        return value == f.default_factory()
+    return False
+
+
 def to_json(record: Any) -> Any:
-    """A record (or list/dict of them) -> plain JSON values, fields in declaration order."""
+    """A record (or list/dict of them) -> plain JSON values, fields in declaration order. Optional
+    fields that hold their default are left out (`parse` puts the default back), so a section
+    carries only what applies to it: no VisionZip counts in a HiPrune budget, no plugin keys
+    without a plugin."""
     if dataclasses.is_dataclass(record) and not isinstance(record, type):
-        return {f.name: to_json(getattr(record, f.name)) for f in dataclasses.fields(record)}
+        return {f.name: to_json(getattr(record, f.name)) for f in dataclasses.fields(record)
+                if not _is_default(f, getattr(record, f.name))}
     if isinstance(record, (list, tuple)):
         return [to_json(v) for v in record]
     if isinstance(record, dict):
