@@ -41,6 +41,7 @@ for _p in (ROOT, ROOT / "scripts"):
         sys.path.insert(0, str(_p))
 
 import load_guard  # noqa: E402
+from ort_profile import is_weight_gemm, output_shape, print_summary, profiled_runs, summarize  # noqa: E402
 
 TEXT_TOKENS = 36  # the benchmark prompt's text tokens around the image (bench_ttft's LLaVA-1.5 runs)
 
@@ -75,109 +76,39 @@ class Feeds:
 
 
 # ---- profile ------------------------------------------------------------------------------------
-def _shape(entry):
-    return next(iter(entry.values())) if entry else []
+def categorizer(kv_heads: int, head_dim: int):
+    def category(event: dict) -> str:
+        args = event["args"]
+        op, out = args["op_name"], output_shape(args)
+        kv_like = len(out) == 4 and out[1] == kv_heads and out[3] == head_dim
+        if op == "Identity":
+            return "KV outputs: Identity copies behind present.*" if kv_like else "other Identity"
+        if op == "Concat" and kv_like:
+            return "KV cache: Concat past + new"
+        if op in ("MatMul", "FusedMatMul", "Gemm"):
+            return "GEMM with weights (projections, MLP, LM head)" if is_weight_gemm(args) else \
+                "attention GEMMs (QK^T, PV)"
+        if op == "Softmax":
+            return "attention softmax"
+        if op == "Where" and len(out) == 4:
+            return "attention mask (Where on the scores)"
+        if op == "Gather" and len(out) == 3:
+            return "embedding + prompt-table gather"
+        if op in ("Transpose", "Reshape", "Expand", "Unsqueeze", "Squeeze", "Slice", "Split", "Shape", "Concat",
+                  "Gather"):
+            return "layout (Transpose, Reshape, Split, ...)"
+        if op in ("Range", "LessOrEqual", "And", "Greater", "Less", "Cast", "Where"):
+            return "masks and indices"
+        return "elementwise (RMSNorm, rotary, SiLU, residual)"
+
+    return category
 
 
-def _gemm_flops(args) -> float:
-    """2 * batch * M * K * N of a MatMul from the profiled shapes. A weight GEMM lists only its
-    activation input (ONNX Runtime pre-packs the weight), so N comes from its output; a transposed
-    B (FusedMatMul) is recognised by its shared K dimension."""
-    shapes = [_shape(s) for s in args.get("input_type_shape", [])]
-    out = _shape(args["output_type_shape"][0]) if args.get("output_type_shape") else []
-    if not shapes or len(shapes[0]) < 2 or not out:
-        return 0.0
-    a = shapes[0]
-    if len(shapes) == 1 or len(shapes[1]) == 2:  # activations x weights
-        return 2.0 * int(np.prod(a[:-1])) * a[-1] * out[-1]
-    b = shapes[1]
-    if len(b) < 2:
-        return 0.0
-    k = a[-1]
-    n = b[-1] if b[-2] == k else b[-2]
-    return 2.0 * max(int(np.prod(a[:-2])), int(np.prod(b[:-2]))) * a[-2] * k * n
-
-
-def _is_weight_gemm(args) -> bool:
-    shapes = args.get("input_type_shape", [])
-    return len(shapes) == 1 or (len(shapes) > 1 and len(_shape(shapes[1])) == 2)
-
-
-def category(args: dict, kv_heads: int, head_dim: int) -> str:
-    op = args["op_name"]
-    out = _shape(args["output_type_shape"][0]) if args.get("output_type_shape") else []
-    inputs = [_shape(s) for s in args.get("input_type_shape", [])]
-    kv_like = len(out) == 4 and out[1] == kv_heads and out[3] == head_dim
-    if op == "Identity":
-        return "KV outputs: Identity copies behind present.*" if kv_like else "other Identity"
-    if op == "Concat" and kv_like:
-        return "KV cache: Concat past + new"
-    if op in ("MatMul", "FusedMatMul", "Gemm"):
-        if _is_weight_gemm(args):
-            return "GEMM with weights (projections, MLP, LM head)"
-        return "attention GEMMs (QK^T, PV)"
-    if op == "Softmax":
-        return "attention softmax"
-    if op == "Where" and len(out) == 4:
-        return "attention mask (Where on the scores)"
-    if op == "Gather" and len(out) == 3:
-        return "embedding + prompt-table gather"
-    if op in ("Transpose", "Reshape", "Expand", "Unsqueeze", "Squeeze", "Slice", "Split", "Shape", "Concat", "Gather"):
-        return "layout (Transpose, Reshape, Split, ...)"
-    if op in ("Range", "LessOrEqual", "And", "Greater", "Less", "Cast", "Where"):
-        return "masks and indices"
-    return "elementwise (RMSNorm, rotary, SiLU, residual)"
-
-
-def profile(decoder: Path, feeds_list: list[tuple[str, dict]], threads: int, reps: int, sec: dict) -> dict:
-    import onnxruntime as ort
-
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = threads
-    opts.enable_profiling = True
-    with tempfile.TemporaryDirectory() as tmp:
-        opts.profile_file_prefix = str(Path(tmp) / "decoder")
-        started = time.perf_counter()
-        session = ort.InferenceSession(str(decoder), opts, providers=["CPUExecutionProvider"])
-        setup_s = time.perf_counter() - started
-        labels = []
-        for label, feeds in feeds_list:
-            for _ in range(1 + reps):  # the first of each is a warm-up
-                session.run(None, feeds)
-                labels.append(label)
-        events = json.loads(Path(session.end_profiling()).read_text())
-    runs = [e for e in events if e.get("name") == "model_run"]
-    nodes = sorted((e for e in events if e.get("cat") == "Node"), key=lambda e: e["ts"])
-    out: dict[str, dict] = {}
-    for label, _ in feeds_list:
-        windows = [r for r, lab in zip(runs, labels) if lab == label][1:]
-        groups: dict[str, dict] = collections.defaultdict(lambda: {"us": 0.0, "nodes": 0, "gflop": 0.0})
-        ops: collections.Counter = collections.Counter()
-        wall = 0.0
-        for w in windows:
-            wall += w["dur"]
-            for e in nodes:
-                if w["ts"] <= e["ts"] <= w["ts"] + w["dur"]:
-                    g = groups[category(e["args"], sec["num_kv_heads"], sec["head_dim"])]
-                    g["us"] += e["dur"]
-                    g["nodes"] += 1
-                    if e["args"]["op_name"] in ("MatMul", "FusedMatMul", "Gemm"):
-                        g["gflop"] += _gemm_flops(e["args"]) / 1e9
-                    ops[e["args"]["op_name"]] += e["dur"]
-        n = max(1, len(windows))
-        node_total = sum(g["us"] for g in groups.values())
-        rows = []
-        for name, g in sorted(groups.items(), key=lambda kv: -kv[1]["us"]):
-            row = {"group": name, "ms_per_run": g["us"] / n / 1e3, "share": g["us"] / node_total,
-                   "nodes_per_run": g["nodes"] // n}
-            if g["gflop"]:
-                row["gflop_per_run"] = g["gflop"] / n
-                row["gflop_per_s"] = g["gflop"] / (g["us"] / 1e6)
-            rows.append(row)
-        out[label] = {"run_ms": wall / n / 1e3, "nodes_ms": node_total / n / 1e3,
-                      "outside_nodes_share": 1 - node_total / max(wall, 1e-9), "groups": rows,
-                      "top_ops": [{"op": op, "share": us / node_total} for op, us in ops.most_common(8)]}
-    out["session_setup_s"] = setup_s
+def profile(decoder: Path, cases: list[tuple[str, dict]], threads: int, reps: int, sec: dict) -> dict:
+    runs = profiled_runs(decoder, cases, threads, reps)
+    category = categorizer(sec["num_kv_heads"], sec["head_dim"])
+    out = {label: summarize(runs[label], category) for label, _ in cases}
+    out["session_setup_s"] = runs["setup_s"]
     return out
 
 
@@ -401,12 +332,8 @@ def main(argv=None) -> int:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=1) + "\n")
     for label, prof in report["profile"].items():
-        if label == "session_setup_s":
-            continue
-        print(f"\n{label}: {prof['run_ms']:.1f} ms per run (outside nodes {prof['outside_nodes_share']:.1%})")
-        for g in prof["groups"]:
-            rate = f"  {g['gflop_per_s']:.0f} GFLOP/s" if "gflop_per_s" in g else ""
-            print(f"  {g['share']:>6.1%}  {g['ms_per_run']:>8.2f} ms  {g['group']}{rate}")
+        if label != "session_setup_s":
+            print_summary(label, prof)
     print("\nvariants (median of paired ratios to the graph as built):")
     for label, rows in report["variants"].items():
         print(f"  {label}: " + ", ".join(f"{n} {r['ratio_to_as_built']:.3f}" for n, r in rows.items()))
