@@ -102,6 +102,9 @@ def main(argv=None) -> int:
     p.add_argument("--reps", type=int, default=2)
     p.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "vision_profile_cpu.json")
     args = p.parse_args(argv)
+    from bench_ttft import register_scaled_spec
+
+    register_scaled_spec()  # llava-1.5-7b-cpu / llava-next-7b-cpu work too
     loaded = load_model(args.model, random_weights=True)
     parts = loaded.vision
     pixels = np.random.default_rng(0).standard_normal((1, 3, parts.image_size, parts.image_size)).astype(np.float32)
