@@ -15,7 +15,8 @@ rewritten after every step, so a run cut short still reports what it did):
 4. kernel timing: one batch of 8 at K = 128 per method, microseconds per launch (target < 20);
 5. 7B TTFT: the exported vision module + HF LLaMA prefill in fp16, 576 vs K = 64/128/192 visual
    tokens + 60 text tokens, ratio to 576 (target <= 0.40 at K = 128), decode tokens/s
-   (scripts/gpu_ttft.py; dry run: tiny-llava in fp32 on the CPU).
+   (scripts/gpu_ttft.py). Dry run: the 7B path in fp16 on PyTorch's meta device (shapes, dtypes
+   and device placement without data), then tiny-llava in fp32 on the CPU.
 """
 from __future__ import annotations
 
@@ -145,7 +146,12 @@ def ttft(ctx: dict) -> dict:
     from gpu_ttft import measure
 
     if ctx["dry_run"]:
+        # the real run's shapes, dtypes and device handling on the meta device (no data, no time),
+        # then the tiny model on the CPU for numbers that go through the same code
+        meta = measure("llava-1.5-7b", "meta", "fp16", reps=1, decode_tokens=2, log=log)
         result = measure("tiny-llava", "cpu", "fp32", keeps=(64, 128, 192), reps=2, decode_tokens=4, log=log)
+        result["meta_device_check"] = {"model": meta["model"], "precision": "fp16", "passed": True,
+                                       "vision_outputs": [[v["method"], v["keep"], v["kept_shape"]] for v in meta["vision"]]}
     else:
         result = measure("llava-1.5-7b", "cuda", "fp16", reps=ctx["ttft_reps"], decode_tokens=32, log=log)
     for name, rows in result["decoders"].items():

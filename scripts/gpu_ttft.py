@@ -68,6 +68,8 @@ def measure(model: str = "llava-1.5-7b", device: str = "cuda", precision: str = 
     dev = torch.device(device)
     dtype = torch.float16 if precision == "fp16" else torch.float32
     torch.manual_seed(0)
+    # the selection builds index tensors with torch.arange(n) and no device: the default device
+    # must be the GPU's while the modules run (the `with dev` blocks below)
     loaded = load_model(model, random_weights=True)
     parts, config = loaded.vision, loaded.config
     size = parts.image_size
@@ -77,7 +79,7 @@ def measure(model: str = "llava-1.5-7b", device: str = "cuda", precision: str = 
     out: dict = {"model": model, "device": str(dev), "precision": precision, "text_tokens": TEXT_TOKENS,
                  "reps": reps, "vision": [], "decoders": {}}
     modules, visual = {}, {}
-    with torch.no_grad():
+    with torch.no_grad(), dev:
         for cfg in configs:
             label = f"{cfg.method} K={cfg.output_count}"
             module = build_graph_module(parts, cfg, precision=precision,
