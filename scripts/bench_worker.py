@@ -52,7 +52,7 @@ def reset_peak() -> bool:
         return False
 
 
-# ---- the runtime's results, read in one place -------------------------------------------------
+# ---- the runtime's results, read in one place ------------------------------------------------
 def generation_timings(gen) -> dict:
     """vision_s, prefill_s, decode_s (list) of a runtime Generation. The runtime is moving from
     `gen.timings["vision_s"]` to typed results (`gen.timings.vision_s`): this is the one line to
@@ -60,6 +60,17 @@ def generation_timings(gen) -> dict:
     t = gen.timings
     get = t.get if isinstance(t, dict) else (lambda k: getattr(t, k))
     return {"vision_s": get("vision_s"), "prefill_s": get("prefill_s"), "decode_s": list(get("decode_s") or [])}
+
+
+def read_generation(gen) -> dict:
+    """Everything the benchmark reads from a runtime Generation."""
+    return {**generation_timings(gen), "token_ids": [int(t) for t in gen.token_ids], "kept": gen.kept_indices,
+            "visual_tokens": int(gen.visual_tokens)}
+
+
+def prompt_tokens(pipe, prompt: str, visual: int) -> int:
+    """Length of the prompt the pipeline feeds (image positions included)."""
+    return len(pipe.inputs.prompt_ids(prompt, 0, pipe.engine.visual_tokens, visual))
 
 
 # ---- contenders ---------------------------------------------------------------------------------
@@ -71,16 +82,14 @@ class Ours:
         self.pipe = Pipeline.from_dir(spec["engine_dir"], "onnxruntime", threads=spec["threads"])
 
     def info(self, result: dict) -> dict:
-        pipe, visual = self.pipe, result["visual_tokens"]
-        prompt = pipe.inputs.prompt_ids(self.spec["prompt"], 0, pipe.engine.visual_tokens, visual)
-        return {"prompt_tokens": len(prompt), "visual_tokens": visual, "backend": pipe.backend}
+        visual = result["visual_tokens"]
+        return {"prompt_tokens": prompt_tokens(self.pipe, self.spec["prompt"], visual), "visual_tokens": visual,
+                "backend": "onnxruntime"}
 
     def run(self) -> dict:
         gen = self.pipe.generate(self.spec["image"], self.spec["prompt"], max_new_tokens=self.spec["new_tokens"],
                                  ignore_eos=True)
-        kept = gen.kept_indices
-        return {**generation_timings(gen), "token_ids": list(gen.token_ids), "kept": kept,
-                "visual_tokens": int(gen.visual_tokens)}
+        return read_generation(gen)
 
 
 class _TokenClock:
