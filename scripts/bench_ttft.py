@@ -17,19 +17,27 @@ tokens with its row newlines) at K = 640, 320, 160 per image.
 Methods: hivtp, hiprune, scope, visionzip by default (`--methods`). The FLOP ideal counts the
 encoder, the projector on the kept rows and the prefill; selection costs (SCOPE's Gram matrix,
 0.2 % of the CLIP-L encoder, and its K-step loop) are left out of it and show up in the
-measured ratio. A method the runtime cannot run for the model yet is skipped with the reason
-(LLaVA-NeXT VisionZip needs the runtime's "visionzip" merge).
+measured ratio.
+
+Every engine runs in its own worker process, all of them in alternating rounds
+(scripts/bench_rounds.py) under the load guard (scripts/load_guard.py): a run during which other
+processes loaded the machine is refused (exit code 3) unless --allow-noisy.
 """
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+for _p in (ROOT, ROOT / "scripts"):
+    if str(_p) not in sys.path:
+        sys.path.insert(0, str(_p))
+
+import load_guard  # noqa: E402
+
+from runtime.contract import read_config  # noqa: E402
 
 SCALED = "llava-1.5-7b-cpu"
 SCALED_NEXT = "llava-next-7b-cpu"
@@ -97,28 +105,6 @@ def balance(config, text_tokens: int) -> dict:
 
 
 # ---- builds -----------------------------------------------------------------------------------
-def _ensure_decoder(out: Path, model: str, precision: str, max_input_len: int, max_output_len: int) -> None:
-    """Until `exporter.build` exports decoders for --random-weights models, add it here."""
-    cfg_path = out / "config.json"
-    cfg = json.loads(cfg_path.read_text())
-    if cfg.get("decoder"):
-        return
-    from exporter.decoder_export import export_decoder
-    from models import load_model
-
-    loaded = load_model(model, random_weights=True)
-    cfg["decoder"] = export_decoder(loaded, out, precision=precision, max_batch=cfg["max_batch"],
-                                    max_input_len=max_input_len, max_output_len=max_output_len,
-                                    visual_tokens=cfg["vision"]["pruning"]["output_tokens"])
-    for name in (cfg["decoder"]["onnx"], cfg["decoder"]["onnx_data"]):
-        digest = hashlib.sha256()
-        with open(out / name, "rb") as f:
-            for block in iter(lambda: f.read(1 << 24), b""):
-                digest.update(block)
-        cfg.setdefault("artifacts", {})[name] = digest.hexdigest()
-    cfg_path.write_text(json.dumps(cfg, indent=1))
-
-
 def build(model: str, method: str, keep: int | None, root: Path, random_weights: bool, precision: str,
           anyres: bool = False) -> Path:
     from exporter.build import BuildOptions
@@ -130,20 +116,18 @@ def build(model: str, method: str, keep: int | None, root: Path, random_weights:
         run_build(BuildOptions(model=model, keep=keep, out=out, method=method, random_weights=random_weights,
                                precision=precision, backend="onnx", selector="onnx", max_input_len=max_input_len,
                                max_output_len=64, command="scripts/bench_ttft.py"))
-    if random_weights and not anyres:
-        _ensure_decoder(out, model, precision, 700, 64)
     return out
 
 
-def unsupported(method: str, anyres: bool) -> str | None:
-    """Why the runtime cannot run `method` on this kind of model yet (None: it can)."""
-    if anyres and method == "visionzip":
-        from exporter.anyres_plan import merge_rule
-        from runtime.anyres import MERGES
+def image_336(work: Path) -> Path:
+    """runtime.bench's default picture (LLaVA-1.5 runs), saved so worker processes can read it."""
+    path = work / "image_336.png"
+    if not path.exists():
+        from runtime.bench import _default_image
 
-        if merge_rule(method) not in MERGES:
-            return "the runtime has no LLaVA-NeXT VisionZip merge yet (runtime/anyres.py MERGES)"
-    return None
+        work.mkdir(parents=True, exist_ok=True)
+        _default_image().save(path)
+    return path
 
 
 def next_image(work: Path) -> Path:
@@ -160,36 +144,28 @@ def next_image(work: Path) -> Path:
     return path
 
 
-def machine() -> dict:
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
-    from bench_vision import machine as describe_machine
-
-    return describe_machine()
-
-
-def versions() -> dict:
-    from exporter.build import versions as library_versions
-
-    return library_versions()
-
-
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--model", default=SCALED,
                    help=f"default: {SCALED} (random weights); {SCALED_NEXT} for LLaVA-NeXT; or tiny-llava, ...")
     p.add_argument("--methods", nargs="+", default=["hivtp", "hiprune", "scope", "visionzip"])
     p.add_argument("--keeps", nargs="+", type=int, help="default 64 128 192; LLaVA-NeXT models: 640 320 160")
-    p.add_argument("--runs", type=int, default=5)
+    p.add_argument("--runs", "--rounds", dest="runs", type=int, default=5,
+                   help="alternating rounds (one timed run of every engine each)")
+    p.add_argument("--warmup", type=int, default=1, help="untimed runs per engine before the rounds")
     p.add_argument("--new-tokens", type=int, default=32)
     p.add_argument("--threads", type=int, default=0)
     p.add_argument("--precision", default="fp32", choices=("fp32", "fp16"))
     p.add_argument("--work", type=Path, default=ROOT / "engines" / "bench")
     p.add_argument("--out", type=Path, help="default benchmarks/results/ttft_cpu.json (LLaVA-NeXT: ttft_next_cpu.json)")
     p.add_argument("--plot", type=Path)
+    load_guard.add_arguments(p)
     args = p.parse_args(argv)
 
     from models import load_model
-    from runtime.bench import bench, plot, table
+    from runtime.bench import plot, table
+
+    from bench_rounds import Contender, WorkerFailed, run_rounds, summarize
 
     from models.anyres import image_layout, is_anyres
 
@@ -201,18 +177,24 @@ def main(argv=None) -> int:
     args.out = args.out or ROOT / "benchmarks" / "results" / ("ttft_next_cpu.json" if anyres else "ttft_cpu.json")
     image = next_image(args.work) if anyres else None
     views = image_layout(config, (NEXT_IMAGE_SIDE, NEXT_IMAGE_SIDE)).views if anyres else 1
-    methods = []
-    for m in args.methods:
-        reason = unsupported(m, anyres)
-        if reason:
-            print(f"skipping {m}: {reason}", file=sys.stderr)
-        else:
-            methods.append(m)
     dirs = [build(args.model, "none", None, args.work, random_weights, args.precision, anyres)]
     dirs += [build(args.model, m, k, args.work, random_weights, args.precision, anyres)
-             for m in methods for k in keeps]
-    results = bench([str(d) for d in dirs], "onnxruntime", runs=args.runs, warmup=1, new_tokens=args.new_tokens,
-                    prompt=PROMPT, image=str(image) if image else None, threads=args.threads)
+             for m in args.methods for k in keeps]
+    image = image or image_336(args.work)
+    common = {"kind": "ours", "threads": args.threads, "new_tokens": args.new_tokens, "prompt": PROMPT,
+              "image": str(image), "warmup": args.warmup}
+    contenders = [Contender(d.name, "ours", "", None, dict(common, engine_dir=str(d))) for d in dirs]
+    guard = load_guard.from_args(args)
+    try:
+        run_rounds(contenders, args.runs, guard, args.threads, label=args.model)
+    except WorkerFailed as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    results = []
+    for c, d in zip(contenders, dirs):
+        r = summarize(c, args.threads)
+        r["method"] = read_config(d).vision.pruning.method
+        results.append(r)
     print(table(results))
     base = results[0]
     text_tokens = base["prompt_tokens"] - base["keep"]
@@ -232,7 +214,6 @@ def main(argv=None) -> int:
     from models.specs import SPECS, llava_config
 
     report = {
-        "machine": machine(), "versions": versions(),
         "model": args.model, "random_weights": random_weights, "precision": args.precision, "backend": "onnxruntime",
         "text_tokens": text_tokens, "balance": balance(config, text_tokens),
         "image": {"path": str(image), "size": [NEXT_IMAGE_SIDE, NEXT_IMAGE_SIDE], "views": views} if anyres else None,
@@ -241,9 +222,15 @@ def main(argv=None) -> int:
             "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads", "image_size", "patch_size")},
             "text": {k: getattr(config.text_config, k) for k in (
                 "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads", "vocab_size")}},
-        "command": "python scripts/bench_ttft.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+        "rounds": args.runs,
         "results": results,
     }
+    guard.stamp(report, "scripts/bench_ttft.py", argv)
+    try:
+        guard.check()
+    except load_guard.MachineBusy as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 3
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=1))
     if args.plot:

@@ -4,17 +4,18 @@ and HiPrune; for SCOPE the CLS row + patch features -> indices (the Gram matrix 
 greedy Loop; the Gram matrix alone is timed too, so the loop's cost is the difference); for
 VisionZip the CLS row + hidden states + keys -> merged tokens.
 
-Usage: python scripts/bench_vision.py [--model llava-1.5-7b] [--runs 5] [--provider cpu|cuda]
-         [--precision fp32|fp16] [--methods hivtp,hiprune,hiprune++,scope,visionzip]
-         [--out benchmarks/results/vision_<provider>.json]
-Builds the shape-exact random-weight model from MODELS.md (no download).
+Usage: python scripts/bench_vision.py [--model llava-1.5-7b] [--rounds 5] [--runs 1] [--provider cpu|cuda]
+         [--precision fp32|fp16] [--threads N] [--methods hivtp,hiprune,hiprune++,scope,visionzip]
+         [--out benchmarks/results/vision_<provider>_<precision>.json]
+Builds the shape-exact random-weight model from MODELS.md (no download). Every graph is exported
+once; then each round opens, warms up and times every graph in turn (one session alive at a time:
+ten 7B vision sessions would not fit in memory), under the load guard (scripts/load_guard.py): a
+run during which other processes loaded the machine is refused (exit code 3) unless --allow-noisy.
 """
 from __future__ import annotations
 
 import argparse
 import json
-import platform
-import shlex
 import statistics
 import sys
 import tempfile
@@ -26,9 +27,11 @@ import torch
 from tqdm import tqdm
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+for _p in (ROOT, ROOT / "scripts"):
+    if str(_p) not in sys.path:
+        sys.path.insert(0, str(_p))
 
-from exporter.build import versions  # noqa: E402
+import load_guard  # noqa: E402
 from exporter.onnx_export import ONNX_IR_VERSION, ONNX_OPSET, export_vision_onnx  # noqa: E402
 from exporter.pruning import make_config, vectorized  # noqa: E402
 
@@ -39,21 +42,8 @@ from models.text_tower import load_visual_projection  # noqa: E402
 PROVIDERS = {"cpu": ["CPUExecutionProvider"], "cuda": ["CUDAExecutionProvider", "CPUExecutionProvider"]}
 
 
-def machine() -> dict:
-    cpu = platform.processor()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    import os
-
-    return {"cpu": cpu, "cores": os.cpu_count(), "platform": platform.platform()}
-
-
 def time_session(session, feeds, runs: int) -> list[float]:
+    """One warm-up run, then `runs` timed runs (ms)."""
     session.run(None, feeds)  # warm-up
     out = []
     for _ in range(runs):
@@ -132,7 +122,7 @@ def time_graph(feeds: dict, path: Path, options, args) -> float:
     return statistics.median(time_session(session, feeds, args.selection_runs))
 
 
-def main() -> int:
+def main(argv=None) -> int:
     import warnings
 
     import onnxruntime as ort
@@ -140,14 +130,17 @@ def main() -> int:
     warnings.simplefilter("ignore")
     ap = argparse.ArgumentParser()
     ap.add_argument("--model", default="llava-1.5-7b")
-    ap.add_argument("--runs", type=int, default=5)
+    ap.add_argument("--rounds", type=int, default=5, help="alternating rounds over all graphs")
+    ap.add_argument("--runs", type=int, default=1, help="timed runs of each graph per round (after one warm-up)")
     ap.add_argument("--selection-runs", type=int, default=200)
     ap.add_argument("--provider", default="cpu", choices=PROVIDERS)
     ap.add_argument("--precision", default="fp32", choices=("fp32", "fp16"))
+    ap.add_argument("--threads", type=int, default=0, help="intra-op threads (default: ONNX Runtime's)")
     ap.add_argument("--keeps", default="64,128,192")
     ap.add_argument("--methods", default=",".join(METHODS), help=f"comma-separated, default {','.join(METHODS)}")
     ap.add_argument("--out", type=Path)
-    args = ap.parse_args()
+    load_guard.add_arguments(ap)
+    args = ap.parse_args(argv)
     out = args.out or ROOT / "benchmarks" / "results" / f"vision_{args.provider}_{args.precision}.json"
 
     loaded = load_model(args.model, random_weights=True)
@@ -164,74 +157,89 @@ def main() -> int:
     configs = [make_config("none", None)] + [make_config(m, k) for m in methods for k in keeps]
     width, heads = parts.config.vision_config.hidden_size, parts.config.vision_config.num_attention_heads
     options = ort.SessionOptions()
-    rows = []
+    if args.threads:
+        options.intra_op_num_threads = args.threads
+    guard = load_guard.from_args(args)
+    whole: list[list[float]] = [[] for _ in configs]
+    selection: list[list[float]] = [[] for _ in configs]
+    gram: list[list[float]] = [[] for _ in configs]  # SCOPE: the Gram matrix alone (the rest is the loop)
     with tempfile.TemporaryDirectory() as tmp:
-        for cfg in tqdm(configs, desc="vision graphs"):
-            path = Path(tmp) / "vision.onnx"
+        graphs, sel_graphs = [], []
+        for i, cfg in enumerate(tqdm(configs, desc="exporting vision graphs")):
+            path = Path(tmp) / f"vision_{i}.onnx"
             export_vision_onnx(parts, cfg, path, precision=args.precision, clip_projection=projection)
-            session = ort.InferenceSession(str(path), options, providers=PROVIDERS[args.provider])
-            feeds = {"pixel_values": pixels}
-            if cfg.uses_prompt:
-                feeds["text_embeds"] = text
-            whole = time_session(session, feeds, args.runs)
-            del session
-            row = {
-                "method": cfg.method, "keep": cfg.output_count,
-                "vision_ms_median": statistics.median(whole),
-                "vision_ms_min": min(whole), "vision_ms_max": max(whole), "runs": args.runs,
-            }
+            feeds = {"pixel_values": pixels, **({"text_embeds": text} if cfg.uses_prompt else {})}
+            graphs.append((path, feeds))
+            sel = []
             if cfg.method != "none":
-                sel_path = Path(tmp) / "selection.onnx"
-                module, feeds = selection_inputs(cfg, width, heads)
-                row["selection_ms_median"] = time_graph(export_selection(module, feeds, sel_path), sel_path,
-                                                        options, args)
-                row["selection_share_percent"] = 100 * row["selection_ms_median"] / row["vision_ms_median"]
-                if cfg.method == "scope":  # the Gram matrix alone: the rest is the greedy loop
-                    gram = export_selection(ScopeSelection(cfg, gram_only=True), feeds, sel_path)
-                    row["gram_ms_median"] = time_graph(gram, sel_path, options, args)
-                    row["loop_ms_median"] = row["selection_ms_median"] - row["gram_ms_median"]
-            rows.append(row)
-            tqdm.write(json.dumps(row))
+                module, inputs = selection_inputs(cfg, width, heads)
+                sel_path = Path(tmp) / f"selection_{i}.onnx"
+                sel.append((sel_path, export_selection(module, inputs, sel_path)))
+                if cfg.method == "scope":
+                    gram_path = Path(tmp) / f"gram_{i}.onnx"
+                    sel.append((gram_path, export_selection(ScopeSelection(cfg, gram_only=True), inputs, gram_path)))
+            sel_graphs.append(sel)
+        for r in tqdm(range(args.rounds), desc="rounds"):
+            with guard.round(label=f"round {r}"):
+                for i, ((path, feeds), sel) in enumerate(zip(graphs, sel_graphs)):
+                    session = ort.InferenceSession(str(path), options, providers=PROVIDERS[args.provider])
+                    whole[i] += time_session(session, feeds, args.runs)
+                    del session
+                    for (sel_path, sel_feeds), times in zip(sel, (selection[i], gram[i])):
+                        times.append(time_graph(sel_feeds, sel_path, options, args))
 
+    rows = []
+    for cfg, times, sel_ms, gram_ms in zip(configs, whole, selection, gram):
+        row = {
+            "method": cfg.method, "keep": cfg.output_count,
+            "vision_ms_median": statistics.median(times),
+            "vision_ms_min": min(times), "vision_ms_max": max(times), "runs": len(times),
+        }
+        if sel_ms:
+            row["selection_ms_median"] = statistics.median(sel_ms)
+            row["selection_share_percent"] = 100 * row["selection_ms_median"] / row["vision_ms_median"]
+        if gram_ms:
+            row["gram_ms_median"] = statistics.median(gram_ms)
+            row["loop_ms_median"] = row["selection_ms_median"] - row["gram_ms_median"]
+        rows.append(row)
     base = rows[0]["vision_ms_median"]
-    for row in rows:
+    for row, times in zip(rows, whole):
         row["ratio_vs_none"] = row["vision_ms_median"] / base
+        # paired within each round (the same position in every list is the same round)
+        paired = [t / b for t, b in zip(times, whole[0])]
+        row["ratio_vs_none_paired"] = {"median": statistics.median(paired), "min": min(paired), "max": max(paired)}
     result = {
         "benchmark": "vision graph latency (batch 1) and selection-subgraph share",
         "model": f"{args.model} shape-exact, random weights (vision tower + projector)",
         "provider": PROVIDERS[args.provider][0],
         "precision": args.precision,
-        "machine": machine(),
-        "versions": versions(),
-        "command": shlex.join(["python", "scripts/bench_vision.py", *sys.argv[1:]]),
+        "threads": args.threads or None,
+        "rounds": args.rounds,
         "target": "selection < 1 % of the vision graph",
-        "selection_inputs": {
-            "hivtp/hiprune": "layer score rows -> kept indices",
-            "hiprune++": "layer score rows + prompt similarity -> kept indices",
-            "scope": "CLS row + patch features -> kept indices (Gram matrix + K-step greedy Loop + top-K); "
-                     "gram_ms_median: the Gram matrix alone, loop_ms_median = the difference",
-            "visionzip": "CLS row + hidden states + head-mean keys -> merged tokens and their indices",
-        },
         "results": rows,
     }
+    guard.stamp(result, "scripts/bench_vision.py", argv)
+    print(markdown(result))
+    try:
+        guard.check()
+    except load_guard.MachineBusy as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 3
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2) + "\n")
-    print(markdown(result))
     print(f"wrote {out}")
     return 0
 
 
 def markdown(result: dict) -> str:
     lines = [
-        "| method | K | vision graph (ms, median) | vs none | selection alone (ms) | selection share | of it SCOPE's loop (ms) |",
-        "|---|---:|---:|---:|---:|---:|---:|",
+        "| method | K | vision graph (ms, median) | vs none | selection alone (ms) | selection share |",
+        "|---|---:|---:|---:|---:|---:|",
     ]
     for r in result["results"]:
         sel = f"{r['selection_ms_median']:.3f}" if "selection_ms_median" in r else "-"
         share = f"{r['selection_share_percent']:.3f} %" if "selection_share_percent" in r else "-"
-        loop = f"{r['loop_ms_median']:.3f}" if "loop_ms_median" in r else "-"
-        lines.append(f"| {r['method']} | {r['keep']} | {r['vision_ms_median']:.0f} | {r['ratio_vs_none']:.3f} | {sel} | "
-                     f"{share} | {loop} |")
+        lines.append(f"| {r['method']} | {r['keep']} | {r['vision_ms_median']:.0f} | {r['ratio_vs_none']:.3f} | {sel} | {share} |")
     return "\n".join(lines)
 
 
