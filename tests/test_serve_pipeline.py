@@ -5,7 +5,6 @@ the batch while the others go on unchanged; OpenAI-style chats instead of one pr
 text prompt-aware pruning embeds; the incremental text rules on a hand-made tokenizer."""
 from __future__ import annotations
 
-import numpy as np
 import pytest
 
 from fakes.engines import build_engine_dir
