@@ -11,6 +11,7 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
+from typing import Callable
 
 from .parts import clip_core
 from .specs import CLIP_MEAN, CLIP_STD
@@ -177,20 +178,26 @@ def _tiny_clip(llava, tokenizer):
     return clip
 
 
-def ensure_tiny_checkpoint(name: str = TINY_NAME) -> Path:
-    """Build a tiny checkpoint once into the cache (atomically) and return its directory."""
-    dest = tiny_dir(name)
+def build_once(dest: Path, build: Callable[[Path], None]) -> Path:
+    """`dest` with a checkpoint in it, built by `build(folder)` into a temporary sibling and
+    renamed into place, so concurrent processes never see half a checkpoint (a process that loses
+    the race keeps the winner's, which the same recipe made identical)."""
     if (dest / "config.json").exists():
         return dest
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}-", dir=dest.parent))
     try:
-        build_tiny_checkpoint(tmp, name)
+        build(tmp)
         try:
             tmp.rename(dest)
-        except OSError:  # another process won the race; theirs is identical
+        except OSError:
             if not (dest / "config.json").exists():
                 raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return dest
+
+
+def ensure_tiny_checkpoint(name: str = TINY_NAME) -> Path:
+    """Build a tiny checkpoint once into the cache and return its directory."""
+    return build_once(tiny_dir(name), lambda folder: build_tiny_checkpoint(folder, name))

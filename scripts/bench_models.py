@@ -11,9 +11,7 @@ model and rebuilt when its recipe version changes.
 """
 from __future__ import annotations
 
-import shutil
 import sys
-import tempfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -87,22 +85,8 @@ def build_checkpoint(name: str, dest: Path) -> None:
 def ensure_checkpoint(name: str) -> Path:
     """The checkpoint directory of a scaled model (built once, atomically) or of a built-in tiny
     model (returned as is: it is a real checkpoint already)."""
-    from models.tiny import TINY_VERSIONS, ensure_tiny_checkpoint
+    from models.tiny import TINY_VERSIONS, build_once, ensure_tiny_checkpoint
 
     if name in TINY_VERSIONS:
         return ensure_tiny_checkpoint(name)
-    dest = checkpoint_dir(name)
-    if (dest / "config.json").exists():
-        return dest
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}-", dir=dest.parent))
-    try:
-        build_checkpoint(name, tmp)
-        try:
-            tmp.rename(dest)
-        except OSError:  # another process built it meanwhile: same recipe, same weights
-            if not (dest / "config.json").exists():
-                raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return dest
+    return build_once(checkpoint_dir(name), lambda folder: build_checkpoint(name, folder))

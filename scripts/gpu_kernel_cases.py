@@ -1,7 +1,7 @@
 """Cases for the EdgePruneSelect kernel harness (plugins/harness/select_harness.cu), checked
 against the project's reference `exporter.pruning.select_tokens`.
 
-Every method the plugin implements (`plugins.onnx_node.METHOD_IDS`) gets `per_method` cases,
+Every method the plugin implements (`exporter.plugin_node.METHOD_IDS`) gets `per_method` cases,
 alternating batch 1 and batch 8 and alternating random scores with tie-planted ones (a few
 quantised levels, so many patches share a score and the tie rule decides). Method parameters
 cycle through `CASE_PARAMS` (a method missing there runs with its defaults): a new plugin
@@ -44,14 +44,14 @@ class Case:
 
 
 def kernel_methods() -> list[str]:
-    from plugins.onnx_node import METHOD_IDS
+    from exporter.plugin_node import METHOD_IDS
 
     return list(METHOD_IDS)
 
 
 def select_params(cfg) -> list[int]:
     """SelectParams (plugins/src/select_core.h) in declaration order, from the plugin's fields."""
-    from plugins.onnx_node import plugin_fields
+    from exporter.plugin_node import plugin_fields
 
     f = plugin_fields(cfg)
     return [f["method"], f["keep"], f["grid"][0], f["grid"][1], len(cfg.layers), f.get("regions", 0),
