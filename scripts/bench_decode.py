@@ -88,7 +88,8 @@ def main(argv=None) -> int:
     p.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "decode_cpu.json")
     p.add_argument("--dry-run", action="store_true", help="tiny-llava, 48 new tokens, 1 run, int4 group 64")
     args = p.parse_args(argv)
-    from bench_ttft import SCALED, machine, register_scaled_spec, versions
+    from bench_ttft import SCALED, register_scaled_spec
+    from load_guard import machine, versions
 
     register_scaled_spec()
     if args.dry_run:

@@ -80,7 +80,7 @@ def main(argv=None) -> int:
     p.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "quant_export_7b.json")
     args = p.parse_args(argv)
     sys.path.insert(0, str(Path(__file__).resolve().parent))
-    from bench_vision import machine
+    from load_guard import machine
 
     from exporter.build import versions
 

@@ -30,7 +30,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "scripts"))
 
-from bench_vision import ScopeSelection, export_selection, machine, time_session  # noqa: E402
+from bench_vision import ScopeSelection, export_selection, time_session  # noqa: E402
+from load_guard import machine  # noqa: E402
 from exporter.build import versions  # noqa: E402
 from exporter.pruning import make_config  # noqa: E402
 

@@ -105,7 +105,7 @@ def main(argv=None) -> int:
 
     import openai
 
-    from bench_vision import machine
+    from load_guard import machine
     from runtime.serve.process import ServerProcess
 
     engine = args.engine_dir or build_engine(args.max_batch)
