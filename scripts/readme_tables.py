@@ -136,11 +136,71 @@ def peers_table(data: dict) -> list[str]:
                                "alternating rounds")]
 
 
+def _load_range(values: list[list[float]]) -> str:
+    """The 1-minute load averages recorded next to each row, as 'a-b' (these scripts predate the guard)."""
+    firsts = [v[0] for v in values if v]
+    return f"{min(firsts):.2f}-{max(firsts):.2f}" if firsts else "not recorded"
+
+
+def decode_table(data: dict) -> list[str]:
+    w, n = data["window"], data["new_tokens"]
+    lines = [f"| weights | KV cache | decoder GB | TTFT ms | decode tok/s | tokens 1-{w} tok/s | "
+             f"tokens {n - w + 1}-{n} tok/s | late slower by |",
+             "|---|---|---:|---:|---:|---:|---:|---:|"]
+    for r in data["results"]:
+        m = r["median"]
+        lines.append(f"| {r['quantize']} | {r['kv_cache']} | {r['decoder_bytes'] / 1e9:.2f} | {m['ttft_s'] * 1e3:.0f} | "
+                     f"{m['decode_tps']:.1f} | {m['early_tps']:.1f} | {m['late_tps']:.1f} | "
+                     f"{m['late_vs_early_slowdown']:+.0%} |")
+    machine = data.get("machine") or {}
+    ort = (data.get("versions") or {}).get("onnxruntime")
+    runs = len(data["results"][0].get("runs", [])) if data["results"] else 0
+    return lines + ["", f"`benchmarks/results/decode_cpu.json`: {data['model']} ({'random weights, ' if data.get('random_weights') else ''}"
+                    f"{data['precision']}, {data['method']} K={data['keep']}), {machine.get('cpu', '?')}, "
+                    f"{machine.get('cores', '?')} cores, ONNX Runtime {ort}; median of {runs} runs of {n} new tokens each "
+                    f"(\"late slower by\" compares seconds per token); 1-minute load average before each row "
+                    f"{_load_range([r.get('loadavg_before') for r in data['results']])} "
+                    "(the benchmark itself keeps about 2 cores busy)."]
+
+
+def quant_export_table(data: dict) -> list[str]:
+    lines = ["| weights | decoder.onnx.data GB | export wall time s | peak RSS GiB |", "|---|---:|---:|---:|"]
+    for r in data["results"]:
+        name = r["scheme"] + (f" (group {r['group_size']})" if r.get("group_size") else "")
+        lines.append(f"| {name} | {r['decoder_gb']:.2f} | {r['seconds']:.0f} | {r['peak_rss_gib']:.2f} |")
+    machine = data.get("machine") or {}
+    return lines + ["", f"`benchmarks/results/quant_export_7b.json`: {data['model']} decoder, random weights, "
+                    f"{data['precision']} activations, one child process per scheme; {machine.get('cpu', '?')}, "
+                    f"{machine.get('cores', '?')} cores; 1-minute load average before each export "
+                    f"{_load_range([r.get('loadavg_before') for r in data['results']])}."]
+
+
+def serve_table(data: dict) -> list[str]:
+    lines = ["| | requests/s | TTFT median ms | TTFT p90 ms | latency median ms | batch sizes seen |",
+             "|---|---:|---:|---:|---:|---|"]
+    for label in ("sequential", "concurrent"):
+        r = data[label]
+        lines.append(f"| {r['requests']} {label} | {r['requests_per_s']:.1f} | {r['ttft_median_s'] * 1e3:.0f} | "
+                     f"{r['ttft_p90_s'] * 1e3:.0f} | {r['latency_median_s'] * 1e3:.0f} | "
+                     f"{', '.join(map(str, r['batch_sizes']))} |")
+    machine = data.get("machine") or {}
+    same = "identical" if data.get("concurrent_equals_sequential") else "NOT identical"
+    return lines + ["", f"Batching gain {data['gain_requests_per_s']:.2f}x requests/s; the concurrent answers are "
+                    f"{same} to the sequential ones. `benchmarks/results/serve_load_cpu.json`: "
+                    f"{data['engine_dir'].rsplit('/', 1)[-1]}, max batch {data['max_batch']}, {data['max_tokens']} tokens "
+                    f"per request; {machine.get('cpu', '?')}, {machine.get('cores', '?')} cores, "
+                    f"ONNX Runtime {(data.get('versions') or {}).get('onnxruntime')}; 1-minute load average "
+                    f"{data['load_average_before'][0]:.2f} before, {data['load_average_after'][0]:.2f} after."]
+
+
 SECTIONS: dict[str, tuple[str, Callable[[dict], list[str]]]] = {
     "vision": ("vision_cpu_fp32.json", vision_table),
     "ttft": ("ttft_cpu.json", ttft_table("ttft_cpu.json")),
     "ttft-next": ("ttft_next_cpu.json", ttft_table("ttft_next_cpu.json", "K per image")),
     "peers": ("peers_cpu.json", peers_table),
+    "decode": ("decode_cpu.json", decode_table),
+    "quant-export": ("quant_export_7b.json", quant_export_table),
+    "serve": ("serve_load_cpu.json", serve_table),
 }
 
 
