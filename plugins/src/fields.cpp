@@ -2,7 +2,9 @@
 #include "fields.h"
 
 #include <cmath>
+#include <cstdio>
 #include <cstring>
+#include <mutex>
 #include <sstream>
 
 namespace edgeprune
@@ -396,4 +398,90 @@ std::vector<nvinfer1::PluginField> fieldSchema()
         {"beta", nullptr, T::kFLOAT32, 1}, {"num_extra", nullptr, T::kINT32, 1}};
 }
 
+namespace
+{
+
+std::mutex gRuntimeMutex;
+std::vector<std::string> gRuntimeRecords; // one JSON object per plugin created at kRUNTIME
+
+std::string jsonString(char const* text)
+{
+    std::string out = "\"";
+    for (char const* c = text; c != nullptr && *c != '\0'; ++c)
+    {
+        if (*c == '"' || *c == '\\')
+        {
+            out += '\\';
+            out += *c;
+        }
+        else if (static_cast<unsigned char>(*c) < 0x20)
+        {
+            out += ' ';
+        }
+        else
+        {
+            out += *c;
+        }
+    }
+    return out + "\"";
+}
+
+} // namespace
+
+void recordRuntimeFields(char const* layerName, PluginConfig const& cfg)
+{
+    FieldStorage st;
+    buildFields(cfg, st);
+    std::string json = "{\"layer\": " + jsonString(layerName) + ", \"fields\": {";
+    for (size_t i = 0; i < st.fields.size(); ++i)
+    {
+        PluginField const& f = st.fields[i];
+        json += (i == 0 ? "" : ", ") + jsonString(f.name) + ": [";
+        for (int32_t j = 0; j < f.length; ++j)
+        {
+            char number[32];
+            if (f.type == PluginFieldType::kFLOAT32)
+            {
+                double const v = static_cast<double>(static_cast<float const*>(f.data)[j]);
+                std::snprintf(number, sizeof(number), "%s", std::isnan(v) ? "NaN" : v > 0 ? "Infinity" : "-Infinity");
+                if (std::isfinite(v))
+                {
+                    std::snprintf(number, sizeof(number), "%.9g", v); // Python's json reads NaN/Infinity too
+                }
+            }
+            else
+            {
+                std::snprintf(number, sizeof(number), "%d", static_cast<int>(static_cast<int32_t const*>(f.data)[j]));
+            }
+            json += (j == 0 ? "" : ", ") + std::string(number);
+        }
+        json += "]";
+    }
+    json += "}}";
+    std::lock_guard<std::mutex> lock(gRuntimeMutex);
+    gRuntimeRecords.push_back(std::move(json));
+}
+
 } // namespace edgeprune
+
+// JSON array of the plugins TensorRT created while deserialising engines in this process, in
+// creation order: [{"layer": name, "fields": {name: [values]}}]. The pointer stays valid until
+// the next call from the same thread.
+extern "C" __attribute__((visibility("default"))) char const* edgeprune_runtime_fields_json()
+{
+    thread_local std::string out;
+    std::lock_guard<std::mutex> lock(edgeprune::gRuntimeMutex);
+    out = "[";
+    for (size_t i = 0; i < edgeprune::gRuntimeRecords.size(); ++i)
+    {
+        out += (i == 0 ? "" : ", ") + edgeprune::gRuntimeRecords[i];
+    }
+    out += "]";
+    return out.c_str();
+}
+
+extern "C" __attribute__((visibility("default"))) void edgeprune_runtime_fields_clear()
+{
+    std::lock_guard<std::mutex> lock(edgeprune::gRuntimeMutex);
+    edgeprune::gRuntimeRecords.clear();
+}

@@ -54,4 +54,9 @@ void buildFields(PluginConfig const& cfg, FieldStorage& storage);
 // Field names and types the creator advertises (data = nullptr).
 std::vector<nvinfer1::PluginField> fieldSchema();
 
+// What TensorRT handed the creator when it deserialised an engine (TensorRTPhase::kRUNTIME):
+// the fields read back from the plan, kept for the runtime to compare with config.json through
+// the C functions edgeprune_runtime_fields_json / edgeprune_runtime_fields_clear.
+void recordRuntimeFields(char const* layerName, PluginConfig const& cfg);
+
 } // namespace edgeprune

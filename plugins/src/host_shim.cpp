@@ -59,3 +59,30 @@ extern "C" __attribute__((visibility("default"))) int32_t edgeprune_host_select(
     }
     return prm.outputCount();
 }
+
+// What the plugin's creator does when TensorRT deserialises an engine (TensorRTPhase::kRUNTIME):
+// parse the fields and record them for edgeprune_runtime_fields_json. Returns 0, or -1 with
+// the error in msg.
+extern "C" __attribute__((visibility("default"))) int32_t edgeprune_host_create_runtime(char const* layerName,
+    int32_t nbFields, char const* const* names, int32_t const* types, void const* const* data,
+    int32_t const* lengths, char* msg, int32_t msgLen)
+{
+    std::vector<nvinfer1::PluginField> fields;
+    for (int32_t i = 0; i < nbFields; ++i)
+    {
+        fields.emplace_back(names[i], data[i],
+            types[i] == 1 ? nvinfer1::PluginFieldType::kFLOAT32 : nvinfer1::PluginFieldType::kINT32, lengths[i]);
+    }
+    nvinfer1::PluginFieldCollection fc{};
+    fc.nbFields = nbFields;
+    fc.fields = fields.data();
+    edgeprune::PluginConfig cfg;
+    std::string const err = edgeprune::parseFields(fc, cfg);
+    if (!err.empty())
+    {
+        copyMessage(err, msg, msgLen);
+        return -1;
+    }
+    edgeprune::recordRuntimeFields(layerName, cfg);
+    return 0;
+}

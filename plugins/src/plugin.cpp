@@ -207,7 +207,7 @@ public:
         mCollection.fields = mSchema.data();
     }
 
-    IPluginV3* createPlugin(AsciiChar const* name, PluginFieldCollection const* fc, TensorRTPhase /*phase*/) noexcept override
+    IPluginV3* createPlugin(AsciiChar const* name, PluginFieldCollection const* fc, TensorRTPhase phase) noexcept override
     {
         try
         {
@@ -217,6 +217,10 @@ public:
             {
                 logError(std::string("node '") + (name != nullptr ? name : "") + "': " + err);
                 return nullptr;
+            }
+            if (phase == TensorRTPhase::kRUNTIME)
+            {
+                recordRuntimeFields(name != nullptr ? name : "", cfg); // read back by the runtime
             }
             return new SelectPlugin(std::move(cfg));
         }

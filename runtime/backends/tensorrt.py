@@ -13,7 +13,7 @@ import numpy as np
 from ..contract import TRT_DTYPES, EngineDir, Tensors
 from ..errors import EngineDirError, UserError
 from ..optional import load_tensorrt
-from . import cuda
+from . import cuda, plugin_readback
 from .base import StepDecoder, TextBackend, VisionBackend, VisionOutput
 from .io_check import check_io
 
@@ -106,7 +106,13 @@ class TrtVision(VisionBackend):
     name = NAME
 
     def __init__(self, engine: EngineDir, threads: int = 0):
-        self.engine = TrtEngine(engine, engine.vision.engine, "vision engine")
+        plugin = engine.vision.plugin
+        if plugin is None:
+            self.engine = TrtEngine(engine, engine.vision.engine, "vision engine")
+        else:  # the plan's EdgePruneSelect fields, read back, must be config.json's
+            self.engine, recorded = plugin_readback.deserialise_and_read(
+                lambda: TrtEngine(engine, engine.vision.engine, "vision engine"))
+            plugin_readback.check(plugin_readback.expected_fields(plugin), recorded, engine.vision.engine)
         check_io("vision engine", [*engine.vision.inputs, *engine.vision.outputs], self.engine.io())
         self.takes_budget = Tensors.VIEW_BUDGET in self.engine.names
         self.takes_text = Tensors.TEXT_EMBEDS in self.engine.names

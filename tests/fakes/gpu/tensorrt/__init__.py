@@ -49,6 +49,10 @@ class Runtime:
             spec = json.loads(bytes(blob).decode())
         except ValueError:
             return None
+        for plugin in spec.get("plugins", []):  # what TensorRT does for each plugin layer of a plan
+            from plugins.host import HostShim
+
+            HostShim(plugin["library"]).create_runtime(plugin["layer"], plugin["fields"])
         return ICudaEngine(Path(spec["onnx"]), int(spec.get("profiles", 1)))
 
 
@@ -127,6 +131,9 @@ class IExecutionContext:
         return True
 
 
-def write_fake_engine(path: Path, onnx_path: Path, profiles: int = 1) -> None:
-    """What a test writes where edgeprune expects a serialized engine."""
-    Path(path).write_text(json.dumps({"onnx": str(onnx_path), "profiles": profiles}))
+def write_fake_engine(path: Path, onnx_path: Path, profiles: int = 1, plugins: list | None = None) -> None:
+    """What a test writes where edgeprune expects a serialized engine. `plugins`: [{"library":
+    the host shim, "layer", "fields"}], created through the shim's runtime-phase creator when the
+    engine is deserialised, as TensorRT creates the EdgePruneSelect layers of a plan."""
+    spec = {"onnx": str(onnx_path), "profiles": profiles, **({"plugins": plugins} if plugins else {})}
+    Path(path).write_text(json.dumps(spec))
