@@ -7,40 +7,25 @@ from __future__ import annotations
 
 import json
 import shutil
-import sys
 from pathlib import Path
 
 import pytest
 
 from exporter.plugin_node import plugin_fields
 from exporter.pruning import make_config
-from plugins import PluginBuildError, build_host_shim
 from plugins.host import HostSelectError, HostShim
 from runtime import Pipeline
 from runtime.backends import plugin_readback
 from runtime.contract import artifact_records, read_config, to_json
 from runtime.errors import EngineDirError
 
-FAKES = Path(__file__).parent / "fakes" / "gpu"
 HIVTP = plugin_fields(make_config("hivtp", 64, regions=2))
 HIPRUNE = plugin_fields(make_config("hiprune", 64, alpha=0.1))
 
 
-@pytest.fixture(scope="module")
-def shim_path() -> Path:
-    if shutil.which("cmake") is None or shutil.which("g++") is None:
-        pytest.skip("cmake or g++ missing: cannot compile the host shim")
-    try:
-        return build_host_shim()
-    except PluginBuildError as exc:
-        if "not found" in str(exc):
-            pytest.skip(f"host shim prerequisites missing: {exc}")
-        raise
-
-
 @pytest.fixture
-def shim(shim_path) -> HostShim:
-    loaded = HostShim(shim_path)
+def shim(host_shim_path) -> HostShim:
+    loaded = HostShim(host_shim_path)
     plugin_readback.clear()
     yield loaded
     plugin_readback.clear()
@@ -97,22 +82,6 @@ def test_fields_the_creator_refuses_are_not_recorded(shim):
 
 
 # ---- through the TensorRT backend, with the fake tensorrt ------------------------------------
-@pytest.fixture
-def fake_tensorrt(monkeypatch):
-    monkeypatch.syspath_prepend(str(FAKES))
-    for name in [m for m in sys.modules if m.split(".")[0] in ("tensorrt", "cuda")]:
-        monkeypatch.delitem(sys.modules, name)
-    from runtime.backends import cuda
-
-    cuda.device_capability.cache_clear()
-    import tensorrt
-
-    yield tensorrt
-    for name in [m for m in sys.modules if m.split(".")[0] in ("tensorrt", "cuda")]:
-        del sys.modules[name]
-    cuda.device_capability.cache_clear()
-
-
 def _plugin_engine_dir(engine: str, root: Path, tensorrt, shim_path: Path, plan_fields: dict) -> Path:
     """The tiny hivtp directory with fake TensorRT engines; config.json records the plugin fields
     of its own selection, the fake vision plan holds a plugin layer with `plan_fields`."""
@@ -134,17 +103,17 @@ def _plugin_engine_dir(engine: str, root: Path, tensorrt, shim_path: Path, plan_
     return copy
 
 
-def test_the_backend_loads_a_plan_whose_plugin_matches(engine, images, fake_tensorrt, shim_path, tmp_path):
-    copy = _plugin_engine_dir(engine, tmp_path, fake_tensorrt, shim_path, None)
+def test_the_backend_loads_a_plan_whose_plugin_matches(engine, images, fake_gpu, host_shim_path, tmp_path):
+    copy = _plugin_engine_dir(engine, tmp_path, fake_gpu[0], host_shim_path, None)
     pipe = Pipeline.from_dir(copy, backend="tensorrt")
     want = Pipeline.from_dir(engine, backend="onnxruntime").generate(images[0], "what is this?", max_new_tokens=4)
     assert pipe.generate(images[0], "what is this?", max_new_tokens=4).token_ids == want.token_ids
 
 
-def test_the_backend_refuses_a_plan_built_for_another_selection(engine, fake_tensorrt, shim_path, tmp_path):
+def test_the_backend_refuses_a_plan_built_for_another_selection(engine, fake_gpu, host_shim_path, tmp_path):
     p = read_config(engine).vision.pruning
     other = plugin_fields(make_config(p.method, p.keep // 2, grid=tuple(p.grid), num_layers=p.num_layers, **p.params))
-    copy = _plugin_engine_dir(engine, tmp_path, fake_tensorrt, shim_path, other)
+    copy = _plugin_engine_dir(engine, tmp_path, fake_gpu[0], host_shim_path, other)
     with pytest.raises(EngineDirError) as err:
         Pipeline.from_dir(copy, backend="tensorrt")
     have, need = str(err.value).split(" but config.json records ")

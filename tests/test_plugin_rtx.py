@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -16,23 +15,11 @@ import pytest
 import torch
 
 from exporter.pruning import make_config
-from plugins import PLUGIN_NAME, PluginBuildError, build, rtx_env
+from plugins import PLUGIN_NAME, rtx_env
 from exporter.plugin_node import plugin_fields, plugin_selector
 
 pytest.importorskip("tensorrt_rtx_bindings", reason="TensorRT-RTX wheels are not installed")
 ROOT = Path(__file__).resolve().parents[1]
-
-
-@pytest.fixture(scope="session")
-def plugin_library() -> Path:
-    if shutil.which("cmake") is None:
-        pytest.skip("cmake missing: cannot build the plugin")
-    try:
-        return build()
-    except PluginBuildError as exc:
-        if "not found" in str(exc):
-            pytest.skip(f"plugin build prerequisites missing: {exc}")
-        raise
 
 
 def run_check(library: Path, onnx_path: Path, *extra: str, env: dict | None = None) -> tuple[dict, str]:

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import sys
 from pathlib import Path
 
 import pytest
@@ -15,28 +14,7 @@ from runtime import Pipeline
 from runtime.contract import artifact_records, to_json
 from runtime.errors import UserError
 
-FAKES = Path(__file__).parent / "fakes" / "gpu"
 PROMPTS = ["what is in the picture?", "how many objects are on the table?", "describe the image"]
-
-
-@pytest.fixture
-def fake_gpu(monkeypatch):
-    """The fake `tensorrt` and `cuda` packages, first on sys.path for one test."""
-    monkeypatch.syspath_prepend(str(FAKES))
-    for name in [m for m in sys.modules if m.split(".")[0] in ("tensorrt", "cuda")]:
-        monkeypatch.delitem(sys.modules, name)
-    from runtime.backends import cuda
-
-    cuda.device_capability.cache_clear()
-    import tensorrt
-    from cuda.bindings import runtime as cudart
-
-    cudart.CALLS.clear()
-    tensorrt.PROFILES_SET.clear()
-    yield tensorrt, cudart
-    for name in [m for m in sys.modules if m.split(".")[0] in ("tensorrt", "cuda")]:
-        del sys.modules[name]  # not monkeypatch.delitem: its undo would put the fakes back
-    cuda.device_capability.cache_clear()
 
 
 def _with_engines(engine: str, root: Path, tensorrt, capability: str = "8.6") -> Path:

@@ -17,14 +17,9 @@ void copyMessage(std::string const& text, char* msg, int32_t msgLen)
     }
 }
 
-} // namespace
-
-// types[i]: 0 = int32 array, 1 = float32 scalar. Returns the output count per image (>= 0),
-// or -1 with the error in msg. With batch == 0 only the fields and shapes are checked.
-extern "C" __attribute__((visibility("default"))) int32_t edgeprune_host_select(int32_t nbFields,
-    char const* const* names, int32_t const* types, void const* const* data, int32_t const* lengths, int32_t nbInputs,
-    int32_t numRows, int32_t n, int32_t batch, float const* rows, float const* similarity, int32_t* out, char* msg,
-    int32_t msgLen)
+// types[i]: 0 = int32 array, 1 = float32 scalar; parsed exactly as the plugin's creator parses.
+std::string parseArrays(int32_t nbFields, char const* const* names, int32_t const* types, void const* const* data,
+    int32_t const* lengths, edgeprune::PluginConfig& cfg)
 {
     std::vector<nvinfer1::PluginField> fields;
     for (int32_t i = 0; i < nbFields; ++i)
@@ -35,8 +30,20 @@ extern "C" __attribute__((visibility("default"))) int32_t edgeprune_host_select(
     nvinfer1::PluginFieldCollection fc{};
     fc.nbFields = nbFields;
     fc.fields = fields.data();
+    return edgeprune::parseFields(fc, cfg);
+}
+
+} // namespace
+
+// types[i]: 0 = int32 array, 1 = float32 scalar. Returns the output count per image (>= 0),
+// or -1 with the error in msg. With batch == 0 only the fields and shapes are checked.
+extern "C" __attribute__((visibility("default"))) int32_t edgeprune_host_select(int32_t nbFields,
+    char const* const* names, int32_t const* types, void const* const* data, int32_t const* lengths, int32_t nbInputs,
+    int32_t numRows, int32_t n, int32_t batch, float const* rows, float const* similarity, int32_t* out, char* msg,
+    int32_t msgLen)
+{
     edgeprune::PluginConfig cfg;
-    std::string err = edgeprune::parseFields(fc, cfg);
+    std::string err = parseArrays(nbFields, names, types, data, lengths, cfg);
     if (err.empty())
     {
         int32_t const ranks[2] = {3, 2};
@@ -67,17 +74,8 @@ extern "C" __attribute__((visibility("default"))) int32_t edgeprune_host_create_
     int32_t nbFields, char const* const* names, int32_t const* types, void const* const* data,
     int32_t const* lengths, char* msg, int32_t msgLen)
 {
-    std::vector<nvinfer1::PluginField> fields;
-    for (int32_t i = 0; i < nbFields; ++i)
-    {
-        fields.emplace_back(names[i], data[i],
-            types[i] == 1 ? nvinfer1::PluginFieldType::kFLOAT32 : nvinfer1::PluginFieldType::kINT32, lengths[i]);
-    }
-    nvinfer1::PluginFieldCollection fc{};
-    fc.nbFields = nbFields;
-    fc.fields = fields.data();
     edgeprune::PluginConfig cfg;
-    std::string const err = edgeprune::parseFields(fc, cfg);
+    std::string const err = parseArrays(nbFields, names, types, data, lengths, cfg);
     if (!err.empty())
     {
         copyMessage(err, msg, msgLen);
