@@ -7,7 +7,9 @@ For every variant an engine directory is built (ONNX graphs, ONNX Runtime), then
 process per directory generates `--new-tokens` tokens (EOS ignored) `--runs` times after a
 warm-up and reports TTFT, overall decode tokens/s, and tokens/s over the first and the last 32
 decode steps (tokens 1-32 and 480-512 of a 512-token answer). Target: the late window no more
-than 15 % slower than the early one with the in-place cache.
+than 15 % slower than the early one with the in-place cache. Each child's run is one round of
+the load guard (scripts/load_guard.py): a result measured while other processes used the machine
+is refused (exit 3) unless --allow-noisy writes it marked noisy.
 
     python scripts/bench_decode.py --runs 3                  # the measurement (quiet machine)
     python scripts/bench_decode.py --dry-run                 # tiny-llava, 48 tokens, seconds
@@ -20,11 +22,14 @@ import os
 import statistics
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import load_guard  # noqa: E402
 
 VARIANTS = (("none", "concat"), ("none", "inplace"), ("int8", "inplace"), ("int4", "inplace"))
 WINDOW = 32
@@ -63,12 +68,19 @@ def build(model: str, method: str, keep: int | None, scheme: str, kv_cache: str,
     return out
 
 
-def measure(engine: Path, runs: int, new_tokens: int, window: int, threads: int) -> dict:
-    res = subprocess.run([sys.executable, "-c", CHILD, str(ROOT), str(engine), str(runs), str(new_tokens), str(window),
-                          PROMPT, str(threads)], capture_output=True, text=True)
-    if res.returncode != 0:
-        raise SystemExit(f"error: benchmark of {engine} failed: {(res.stderr.strip().splitlines() or ['?'])[-1]}")
-    out = json.loads(res.stdout.strip().splitlines()[-1])
+def measure(engine: Path, runs: int, new_tokens: int, window: int, threads: int, guard: load_guard.LoadGuard) -> dict:
+    with tempfile.TemporaryFile(mode="w+") as errors:
+        proc = subprocess.Popen([sys.executable, "-c", CHILD, str(ROOT), str(engine), str(runs), str(new_tokens),
+                                 str(window), PROMPT, str(threads)], stdout=subprocess.PIPE, stderr=errors, text=True)
+        with guard.round([proc.pid], label=engine.name):
+            stdout = proc.stdout.read()
+            # exited but not reaped: /proc still holds its CPU time, which the guard counts as ours
+            os.waitid(os.P_PID, proc.pid, os.WEXITED | os.WNOWAIT)
+        proc.stdout.close()
+        if proc.wait() != 0:
+            errors.seek(0)
+            raise SystemExit(f"error: benchmark of {engine} failed: {(errors.read().strip().splitlines() or ['?'])[-1]}")
+    out = json.loads(stdout.strip().splitlines()[-1])
     med = {k: statistics.median(r[k] for r in out["runs"]) for k in out["runs"][0]}
     med["late_vs_early_slowdown"] = med["early_tps"] / med["late_tps"] - 1
     return {"median": med, "runs": out["runs"], "peak_rss_mib": round(out["peak_rss_mib"], 1)}
@@ -87,9 +99,10 @@ def main(argv=None) -> int:
     p.add_argument("--work", type=Path, default=ROOT / "engines" / "bench-decode")
     p.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "decode_cpu.json")
     p.add_argument("--dry-run", action="store_true", help="tiny-llava, 48 new tokens, 1 run, int4 group 64")
+    load_guard.add_arguments(p)
     args = p.parse_args(argv)
+    guard = load_guard.from_args(args)
     from bench_ttft import SCALED, register_scaled_spec
-    from load_guard import machine, versions
 
     register_scaled_spec()
     if args.dry_run:
@@ -102,20 +115,24 @@ def main(argv=None) -> int:
     for scheme, kv_cache in VARIANTS:
         engine = build(model, args.method, args.keep, scheme, kv_cache, args.work, random_weights, args.precision,
                        args.new_tokens + 8, args.group_size)
-        load = os.getloadavg()
-        r = measure(engine, args.runs, args.new_tokens, window, args.threads)
+        r = measure(engine, args.runs, args.new_tokens, window, args.threads, guard)
         m = r["median"]
         row = {"quantize": scheme, "kv_cache": kv_cache, "engine_dir": str(engine),
-               "decoder_bytes": (engine / "decoder.onnx.data").stat().st_size, "loadavg_before": list(load), **r}
+               "decoder_bytes": (engine / "decoder.onnx.data").stat().st_size, **r}
         rows.append(row)
         print(f"{scheme:<5} {kv_cache:<8} TTFT {m['ttft_s'] * 1e3:8.1f} ms  decode {m['decode_tps']:7.2f} tok/s  "
               f"tokens 1-{window} {m['early_tps']:7.2f}  last {window} {m['late_tps']:7.2f} tok/s  "
               f"late slower by {m['late_vs_early_slowdown']:+.1%}", flush=True)
-    report = {"machine": machine(), "versions": versions(), "model": model, "random_weights": random_weights,
+    report = {"model": model, "random_weights": random_weights,
               "method": args.method, "keep": args.keep, "precision": args.precision, "group_size": args.group_size,
-              "new_tokens": args.new_tokens, "window": window, "backend": "onnxruntime",
-              "command": "python scripts/bench_decode.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+              "new_tokens": args.new_tokens, "window": window, "backend": "onnxruntime", "runs": args.runs,
               "results": rows}
+    guard.stamp(report, "scripts/bench_decode.py", argv)
+    try:
+        guard.check()
+    except load_guard.MachineBusy as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 3
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=1))
     print(f"wrote {args.out}")

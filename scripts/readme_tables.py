@@ -152,15 +152,10 @@ def decode_table(data: dict) -> list[str]:
         lines.append(f"| {r['quantize']} | {r['kv_cache']} | {r['decoder_bytes'] / 1e9:.2f} | {m['ttft_s'] * 1e3:.0f} | "
                      f"{m['decode_tps']:.1f} | {m['early_tps']:.1f} | {m['late_tps']:.1f} | "
                      f"{m['late_vs_early_slowdown']:+.0%} |")
-    machine = data.get("machine") or {}
-    ort = (data.get("versions") or {}).get("onnxruntime")
     runs = len(data["results"][0].get("runs", [])) if data["results"] else 0
-    return lines + ["", f"`benchmarks/results/decode_cpu.json`: {data['model']} ({'random weights, ' if data.get('random_weights') else ''}"
-                    f"{data['precision']}, {data['method']} K={data['keep']}), {machine.get('cpu', '?')}, "
-                    f"{machine.get('cores', '?')} cores, ONNX Runtime {ort}; median of {runs} runs of {n} new tokens each "
-                    f"(\"late slower by\" compares seconds per token); 1-minute load average before each row "
-                    f"{_load_range([r.get('loadavg_before') for r in data['results']])} "
-                    "(the benchmark itself keeps about 2 cores busy)."]
+    what = (f"{data['model']} ({'random weights, ' if data.get('random_weights') else ''}{data['precision']}, "
+            f"{data['method']} K={data['keep']}); \"late slower by\" compares seconds per token")
+    return lines + ["", f"{what}. " + provenance("decode_cpu.json", data, f"median of {runs} runs of {n} new tokens each")]
 
 
 def quant_export_table(data: dict) -> list[str]:
