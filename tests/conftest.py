@@ -103,4 +103,3 @@ def fake_gpu(monkeypatch):
     for name in [m for m in sys.modules if m.split(".")[0] in ("tensorrt", "cuda")]:
         del sys.modules[name]  # not monkeypatch.delitem: its undo would put the fakes back
     cuda.device_capability.cache_clear()
-

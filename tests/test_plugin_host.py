@@ -3,7 +3,6 @@ via libedgeprune_host.so), against the project's reference `select_tokens`, plus
 ONNX node the exporter emits. No GPU and no TensorRT runtime needed."""
 from __future__ import annotations
 
-
 import numpy as np
 import onnx
 import pytest

@@ -443,10 +443,13 @@ void recordRuntimeFields(char const* layerName, PluginConfig const& cfg)
             if (f.type == PluginFieldType::kFLOAT32)
             {
                 double const v = static_cast<double>(static_cast<float const*>(f.data)[j]);
-                std::snprintf(number, sizeof(number), "%s", std::isnan(v) ? "NaN" : v > 0 ? "Infinity" : "-Infinity");
                 if (std::isfinite(v))
                 {
-                    std::snprintf(number, sizeof(number), "%.9g", v); // Python's json reads NaN/Infinity too
+                    std::snprintf(number, sizeof(number), "%.9g", v);
+                }
+                else // spelled as Python's json module reads them
+                {
+                    std::snprintf(number, sizeof(number), "%s", std::isnan(v) ? "NaN" : v > 0 ? "Infinity" : "-Infinity");
                 }
             }
             else
