@@ -128,10 +128,9 @@ def main(argv=None) -> int:
               "new_tokens": args.new_tokens, "window": window, "backend": "onnxruntime", "runs": args.runs,
               "results": rows}
     guard.stamp(report, "scripts/bench_decode.py", argv)
-    try:
-        guard.check()
-    except load_guard.MachineBusy as exc:
-        print(f"error: {exc}", file=sys.stderr)
+    busy = guard.refusal()
+    if busy:
+        print(f"error: {busy}", file=sys.stderr)
         return 3
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=1))

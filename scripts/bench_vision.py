@@ -220,10 +220,9 @@ def main(argv=None) -> int:
     }
     guard.stamp(result, "scripts/bench_vision.py", argv)
     print(markdown(result))
-    try:
-        guard.check()
-    except load_guard.MachineBusy as exc:
-        print(f"error: {exc}", file=sys.stderr)
+    busy = guard.refusal()
+    if busy:
+        print(f"error: {busy}", file=sys.stderr)
         return 3
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2) + "\n")

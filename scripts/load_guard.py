@@ -144,6 +144,15 @@ class LoadGuard:
                 f"used up to {worst:.2f} CPUs, limit {self.max_foreign_cores}); no result written. Rerun on a quiet "
                 "machine, or pass --allow-noisy to write it marked noisy")
 
+    def refusal(self) -> str | None:
+        """None, or why the result must not be written (check()'s message): what a script prints
+        as its one `error:` line before exiting with 3."""
+        try:
+            self.check()
+        except MachineBusy as exc:
+            return str(exc)
+        return None
+
     def stamp(self, report: dict, script: str, argv=None) -> dict:
         """Adds machine, versions, command, load and `noisy` to a result dict (in place)."""
         report.setdefault("machine", machine())

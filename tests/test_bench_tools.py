@@ -50,8 +50,10 @@ def test_a_busy_round_is_refused_unless_allowed(monkeypatch):
     assert guard.noisy_rounds == [0]
     with pytest.raises(load_guard.MachineBusy, match="round"):
         guard.check()
+    assert "round(s) 0" in guard.refusal() and "\n" not in guard.refusal()
     guard.allow_noisy = True
     guard.check()
+    assert guard.refusal() is None
     report = guard.stamp({"machine": {}, "versions": {}}, "scripts/x.py", [])
     assert report["noisy"] is True and report["load"]["noisy_rounds"] == [0]
     assert report["command"] == "python scripts/x.py"
