@@ -177,8 +177,15 @@ def _greedy_loop(sim: torch.Tensor, add: torch.Tensor, mul: torch.Tensor, steps:
 
     score = (gain + add) * mul: `add` = 0, `mul` = saliency for `multi`, `add` = saliency,
     `mul` = 1 for `add` (both exact). The winner is the first maximum (ReduceMax, Equal,
-    ReduceMin over positions), never ArgMax/TopK, whose tie order TensorRT does not promise."""
+    ReduceMin over positions), never ArgMax/TopK, whose tie order TensorRT does not promise.
+
+    The gain sums over i, i.e. down the columns of S. The loop sums along the rows of S^T
+    instead (transposed once, before the loop): the same terms, but a reduction over the
+    contiguous axis with the coverage broadcast along it, which runs ~2x faster in ONNX
+    Runtime's ReduceSum than the strided column sum (K = 128 on the 7B shape, 2 threads: the
+    whole selection ~35 -> ~17 ms; scripts/bench_vision.py)."""
     n = sim.shape[-1]
+    sim_t = sim.transpose(1, 2).contiguous()  # sim_t[b, j, i] = sim[b, i, j]
     position = torch.arange(n, dtype=torch.float32, device=sim.device).expand_as(mul)
     nowhere = torch.full_like(position, float(n))
     blocked = torch.full_like(mul, -float("inf"))
@@ -187,7 +194,7 @@ def _greedy_loop(sim: torch.Tensor, add: torch.Tensor, mul: torch.Tensor, steps:
     free = torch.ones_like(mul)
     rank = torch.zeros_like(mul)
     for _ in range(steps):
-        gain = torch.relu(sim - cover.unsqueeze(-1)).sum(1)
+        gain = torch.relu(sim_t - cover.unsqueeze(1)).sum(2)
         score = torch.where(free > 0.5, (gain + add) * mul, blocked)
         best = score.amax(-1, keepdim=True)
         pick = torch.where(score == best, position, nowhere).amin(-1, keepdim=True)
