@@ -30,6 +30,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import load_guard  # noqa: E402
+from engine_cache import cached_build  # noqa: E402
 
 VARIANTS = (("none", "concat"), ("none", "inplace"), ("int8", "inplace"), ("int4", "inplace"))
 WINDOW = 32
@@ -60,12 +61,10 @@ def build(model: str, method: str, keep: int | None, scheme: str, kv_cache: str,
     from exporter.build import build as run_build
 
     out = root / f"{model}-{method}-k{keep or 576}-{precision}-{scheme}-{kv_cache}-o{max_output_len}"
-    if not (out / "config.json").exists():
-        run_build(BuildOptions(model=model, keep=keep, out=out, method=method, random_weights=random_weights,
-                               precision=precision, backend="onnx", selector="onnx", max_input_len=700,
-                               max_output_len=max_output_len, quantize=scheme, group_size=group,
-                               kv_cache=kv_cache, command="scripts/bench_decode.py"))
-    return out
+    return cached_build(out, lambda: run_build(BuildOptions(
+        model=model, keep=keep, out=out, method=method, random_weights=random_weights, precision=precision,
+        backend="onnx", selector="onnx", max_input_len=700, max_output_len=max_output_len, quantize=scheme,
+        group_size=group, kv_cache=kv_cache, command="scripts/bench_decode.py")))
 
 
 def measure(engine: Path, runs: int, new_tokens: int, window: int, threads: int, guard: load_guard.LoadGuard) -> dict:

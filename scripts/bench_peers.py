@@ -34,6 +34,7 @@ for _p in (ROOT, ROOT / "scripts"):
         sys.path.insert(0, str(_p))
 
 import load_guard  # noqa: E402
+from engine_cache import cached_build  # noqa: E402
 from bench_rounds import Contender, WorkerFailed, paired_ratio, run_rounds, summarize  # noqa: E402
 
 PROMPT = "Describe the picture in detail."
@@ -75,11 +76,9 @@ def build_engine(checkpoint: Path, method: str, keep: int | None, work: Path, an
     from exporter.build import BuildOptions, build
 
     out = work / checkpoint.name / f"{method}-k{keep or 'all'}"
-    if not (out / "config.json").exists():
-        build(BuildOptions(model=str(checkpoint), keep=keep, out=out, method=method, precision="fp32",
-                           backend="onnx", selector="onnx", max_input_len=None if anyres else 700,
-                           max_output_len=max_output_len, command="scripts/bench_peers.py"))
-    return out
+    return cached_build(out, lambda: build(BuildOptions(
+        model=str(checkpoint), keep=keep, out=out, method=method, precision="fp32", backend="onnx", selector="onnx",
+        max_input_len=None if anyres else 700, max_output_len=max_output_len, command="scripts/bench_peers.py")))
 
 
 def contenders_for(checkpoint: Path, anyres: bool, methods, keeps, work: Path, common: dict) -> list[Contender]:

@@ -36,6 +36,7 @@ for _p in (ROOT, ROOT / "scripts"):
         sys.path.insert(0, str(_p))
 
 import load_guard  # noqa: E402
+from engine_cache import cached_build  # noqa: E402
 
 from runtime.contract import read_config  # noqa: E402
 
@@ -112,11 +113,10 @@ def build(model: str, method: str, keep: int | None, root: Path, random_weights:
 
     out = root / f"{model}-{method}-k{keep or 576}-{precision}"
     max_input_len = None if anyres else 700  # anyres: sized by the build from the image tokens
-    if not (out / "config.json").exists():
-        run_build(BuildOptions(model=model, keep=keep, out=out, method=method, random_weights=random_weights,
-                               precision=precision, backend="onnx", selector="onnx", max_input_len=max_input_len,
-                               max_output_len=64, command="scripts/bench_ttft.py"))
-    return out
+    return cached_build(out, lambda: run_build(BuildOptions(
+        model=model, keep=keep, out=out, method=method, random_weights=random_weights, precision=precision,
+        backend="onnx", selector="onnx", max_input_len=max_input_len, max_output_len=64,
+        command="scripts/bench_ttft.py")))
 
 
 def image_336(work: Path) -> Path:

@@ -12,6 +12,7 @@ sys.path.insert(0, str(SCRIPTS))
 
 import bench_rounds  # noqa: E402
 import bench_worker  # noqa: E402
+import engine_cache  # noqa: E402
 import load_guard  # noqa: E402
 import readme_tables  # noqa: E402
 
@@ -85,3 +86,29 @@ def test_runtime_timings_adapter_reads_dicts_and_typed_results():
     want = {"vision_s": 0.1, "prefill_s": 0.2, "decode_s": [0.01, 0.02]}
     assert bench_worker.generation_timings(Gen(dict(want, ttft_s=0.3))) == want
     assert bench_worker.generation_timings(Gen(Typed())) == want
+
+
+def test_cached_engines_are_rebuilt_when_the_exporter_changed(tmp_path, monkeypatch):
+    """A benchmark's engine directory is reused only if the code that wrote it is this code."""
+    for top in engine_cache.SOURCES:
+        (tmp_path / top).mkdir(parents=True)
+    (tmp_path / "exporter" / "graph.py").write_text("A = 1\n")
+    first = engine_cache.source_fingerprint(tmp_path)
+    assert engine_cache.source_fingerprint(tmp_path) == first
+    (tmp_path / "exporter" / "graph.py").write_text("A = 2\n")
+    assert engine_cache.source_fingerprint(tmp_path) != first
+
+    code = iter(["v1", "v1", "v2"])
+    monkeypatch.setattr(engine_cache, "source_fingerprint", lambda: next(code))
+    builds = []
+
+    def build():
+        out.mkdir()
+        (out / "config.json").write_text("{}")
+        builds.append(1)
+
+    out = tmp_path / "engines" / "tiny"
+    out.parent.mkdir()
+    for _ in range(3):  # built, reused, rebuilt after the code changed
+        assert engine_cache.cached_build(out, build) == out
+    assert len(builds) == 2 and (out.parent / "tiny.source").read_text() == "v2\n"
