@@ -55,8 +55,10 @@ def gemm_flops(args: dict) -> float:
 
 
 def profiled_runs(model: Path, cases: list[tuple[str, dict]], threads: int, reps: int,
-                  options: Callable | None = None) -> dict:
-    """{"setup_s": session creation seconds, label: [(run wall us, [node events]) per timed run]}."""
+                  options: Callable | None = None, run: Callable | None = None) -> dict:
+    """{"setup_s": session creation seconds, label: [(run wall us, [node events]) per timed run]}.
+    `run(session, feeds)` drives one run (default `session.run(None, feeds)`), e.g. with I/O
+    binding."""
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
@@ -73,7 +75,10 @@ def profiled_runs(model: Path, cases: list[tuple[str, dict]], threads: int, reps
         labels = []
         for label, feeds in cases:
             for _ in range(1 + reps):
-                session.run(None, feeds)
+                if run is None:
+                    session.run(None, feeds)
+                else:
+                    run(session, feeds)
                 labels.append(label)
         events = json.loads(Path(session.end_profiling()).read_text())
     runs = [e for e in events if e.get("name") == "model_run"]

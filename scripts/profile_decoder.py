@@ -10,6 +10,9 @@ directory's decoder.onnx, plus measured effects of candidate fixes on patched co
    what they are (weight GEMMs, attention GEMMs, softmax, mask, KV concat, the `Identity` copies
    behind `present.*`, layout ops, elementwise), with each group's share and, for GEMMs, the
    achieved FLOP rate. Shares are meaningful on a busy machine; absolute times are not.
+   In-place-cache decoders (the default build) run with their buffers bound as input and
+   output, as the runtime runs them; their TensorScatter writes and the Slice that copies the
+   first T positions for attention are groups of their own.
 2. Variants, timed in alternating order (A B C ... A B C ...) so a busy machine hits all alike,
    each reported as the median of its paired ratios to the graph as built:
    - `no-identity`: the 2 x layers `Identity` nodes removed (the KV `Concat` writes `present.*`);
@@ -45,15 +48,53 @@ import load_guard  # noqa: E402
 from ort_profile import is_weight_gemm, output_shape, print_summary, profiled_runs, summarize  # noqa: E402
 
 TEXT_TOKENS = 36  # the benchmark prompt's text tokens around the image (bench_ttft's LLaVA-1.5 runs)
+CONCAT_VARIANTS = ("no-identity", "iobinding", "no-identity+iobinding", "fused-projections", "basic-opt", "no-spin")
+# an in-place decoder has no Identity copies, fused projections already, and is always bound
+INPLACE_VARIANTS = ("basic-opt", "no-spin")
 
 
 # ---- feeds --------------------------------------------------------------------------------------
 class Feeds:
+    """Inputs of a prefill or a decode step. With the in-place cache (config `kv_cache: inplace`)
+    every past_key_values.* is the whole (1, kv, max_seq_len, d) buffer, and `run` binds it as
+    both input and output as the runtime does (unbound, TensorScatter would copy it each run)."""
+
     def __init__(self, sec: dict):
         self.sec = sec
         self.past_names = [f"past_key_values.{i}.{kv}" for i in range(sec["num_layers"]) for kv in ("key", "value")]
         self.present_names = [n.replace("past_key_values", "present") for n in self.past_names]
+        self.inplace = sec.get("kv_cache") == "inplace"
         self.rng = np.random.default_rng(0)
+        self._buffers: dict[int, dict] = {}
+
+    def _cache(self, cached: int) -> dict:
+        sec = self.sec
+        length = sec["max_seq_len"] if self.inplace else cached
+        shape = (1, sec["num_kv_heads"], length, sec["head_dim"])
+        return {n: self.rng.standard_normal(shape, np.float32) * 0.1 if length else np.zeros(shape, np.float32)
+                for n in self.past_names}
+
+    def run(self, session, feeds: dict):
+        """One run as the pipeline drives it: the in-place cache's buffers bound as input and
+        output (made into OrtValues once per feeds, outside any timing), only the logits read
+        back; other engines: a plain run."""
+        if not self.inplace:
+            return session.run(None, feeds)
+        import onnxruntime as ort
+
+        if id(feeds) not in self._buffers:
+            self._buffers[id(feeds)] = {n: ort.OrtValue.ortvalue_from_numpy(feeds[n]) for n in self.past_names}
+        binding = session.io_binding()
+        for name, value in feeds.items():
+            if name not in self.past_names:
+                binding.bind_cpu_input(name, value)
+        binding.bind_output("logits")
+        for past, present in zip(self.past_names, self.present_names):
+            buffer = self._buffers[id(feeds)][past]
+            binding.bind_ortvalue_input(past, buffer)
+            binding.bind_ortvalue_output(present, buffer)
+        session.run_with_iobinding(binding)
+        return binding.get_outputs()[0].numpy()
 
     def prefill(self, tokens: int) -> dict:
         sec, image = self.sec, tokens - TEXT_TOKENS
@@ -62,8 +103,7 @@ class Feeds:
                  "attention_mask": np.ones((1, tokens), np.int64),
                  "prompt_embedding_table": self.rng.standard_normal((image, sec["hidden_size"]), np.float32),
                  "tasks": np.zeros(1, np.int64), "prompt_vocab_size": np.array([image], np.int64)}
-        empty = np.zeros((1, sec["num_kv_heads"], 0, sec["head_dim"]), np.float32)
-        return {**feeds, **{n: empty for n in self.past_names}}
+        return {**feeds, **self._cache(0)}
 
     def decode(self, cached: int) -> dict:
         sec = self.sec
@@ -71,9 +111,7 @@ class Feeds:
                  "attention_mask": np.ones((1, cached + 1), np.int64),
                  "prompt_embedding_table": self.rng.standard_normal((1, sec["hidden_size"]), np.float32),
                  "tasks": np.zeros(1, np.int64), "prompt_vocab_size": np.array([1], np.int64)}
-        shape = (1, sec["num_kv_heads"], cached, sec["head_dim"])
-        past = {n: self.rng.standard_normal(shape, np.float32) * 0.1 for n in self.past_names}
-        return {**feeds, **past}
+        return {**feeds, **self._cache(cached)}
 
 
 # ---- profile ------------------------------------------------------------------------------------
@@ -86,6 +124,10 @@ def categorizer(kv_heads: int, head_dim: int):
             return "KV outputs: Identity copies behind present.*" if kv_like else "other Identity"
         if op == "Concat" and kv_like:
             return "KV cache: Concat past + new"
+        if op == "TensorScatter":
+            return "KV cache: TensorScatter write (in place)"
+        if op == "Slice" and kv_like:
+            return "KV cache: Slice of the first T positions (a copy)"
         if op in ("MatMul", "FusedMatMul", "Gemm"):
             return "GEMM with weights (projections, MLP, LM head)" if is_weight_gemm(args) else \
                 "attention GEMMs (QK^T, PV)"
@@ -105,8 +147,9 @@ def categorizer(kv_heads: int, head_dim: int):
     return category
 
 
-def profile(decoder: Path, cases: list[tuple[str, dict]], threads: int, reps: int, sec: dict) -> dict:
-    runs = profiled_runs(decoder, cases, threads, reps)
+def profile(decoder: Path, cases: list[tuple[str, dict]], threads: int, reps: int, sec: dict,
+            feeds: Feeds) -> dict:
+    runs = profiled_runs(decoder, cases, threads, reps, run=feeds.run)
     category = categorizer(sec["num_kv_heads"], sec["head_dim"])
     out = {label: summarize(runs[label], category) for label, _ in cases}
     out["session_setup_s"] = runs["setup_s"]
@@ -233,6 +276,9 @@ class Runner:
         """Seconds for one run, outputs materialised as the pipeline needs them (logits in numpy;
         present.* as numpy arrays, or as OrtValues ready to be bound as the next step's past)."""
         start = time.perf_counter()
+        if self.names.inplace:  # the in-place cache is always bound, as the runtime does
+            self.names.run(self.session, feeds)
+            return time.perf_counter() - start
         if not self.iobinding:
             self.session.run(None, feeds)
             return time.perf_counter() - start
@@ -296,13 +342,22 @@ def main(argv=None) -> int:
     p.add_argument("--decode-at", nargs="+", type=int, default=[196, 644], help="cached tokens of the decode steps")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--reps", type=int, default=5)
-    p.add_argument("--variants", nargs="+", default=["no-identity", "iobinding", "no-identity+iobinding",
-                                                     "fused-projections", "basic-opt", "no-spin"])
+    p.add_argument("--variants", nargs="+",
+                   help="default: " + " ".join(CONCAT_VARIANTS) + " (in-place-cache engines: "
+                        + " ".join(INPLACE_VARIANTS) + ")")
     p.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "decoder_profile_cpu.json")
     args = p.parse_args(argv)
     sec = json.loads((args.engine_dir / "config.json").read_text())["decoder"]
     decoder = args.engine_dir / sec["onnx"]
     feeds = Feeds(sec)
+    allowed = INPLACE_VARIANTS if feeds.inplace else CONCAT_VARIANTS
+    args.variants = args.variants or list(allowed)
+    wrong = [v for v in args.variants if v not in allowed]
+    if wrong:
+        kind = "an in-place-cache" if feeds.inplace else "a concat-cache"
+        print(f"error: variant(s) {', '.join(wrong)} do not apply to {kind} decoder (choose from "
+              f"{', '.join(allowed)})", file=sys.stderr)
+        return 2
     cases = [(f"prefill {n}", feeds.prefill(n)) for n in args.prefill]
     cases += [(f"decode at {n}", feeds.decode(n)) for n in args.decode_at]
     guard = load_guard.LoadGuard(allow_noisy=True)
@@ -310,7 +365,7 @@ def main(argv=None) -> int:
               "note": "relative shares and paired ratios; absolute times depend on the machine's load",
               "decoder": {k: sec[k] for k in ("hidden_size", "num_layers", "num_heads", "head_dim", "vocab_size")}}
     with guard.round(label="profile"):
-        report["profile"] = profile(decoder, cases, args.threads, args.reps, sec)
+        report["profile"] = profile(decoder, cases, args.threads, args.reps, sec, feeds)
     with tempfile.TemporaryDirectory(dir=args.engine_dir.parent) as tmp:
         tmp = Path(tmp)
         # onnx refuses to read weights with several hard links: the fused copy first, links later

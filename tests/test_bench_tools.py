@@ -112,3 +112,21 @@ def test_cached_engines_are_rebuilt_when_the_exporter_changed(tmp_path, monkeypa
     for _ in range(3):  # built, reused, rebuilt after the code changed
         assert engine_cache.cached_build(out, build) == out
     assert len(builds) == 2 and (out.parent / "tiny.source").read_text() == "v2\n"
+
+
+def test_profile_decoder_runs_an_inplace_engine_bound(engine, tmp_path):
+    """The profiler drives the default (in-place cache) decoder as the runtime does: buffers bound,
+    no TensorScatter copy; the KV groups are named, and concat-only variants are refused."""
+    import json
+
+    import profile_decoder
+
+    out = tmp_path / "profile.json"
+    assert profile_decoder.main([str(engine), "--prefill", "50", "--decode-at", "60", "--reps", "1",
+                                 "--out", str(out)]) == 0
+    report = json.loads(out.read_text())
+    groups = {g["group"] for g in report["profile"]["decode at 60"]["groups"]}
+    assert "KV cache: TensorScatter write (in place)" in groups
+    assert "KV cache: Slice of the first T positions (a copy)" in groups
+    assert set(report["variants"]["decode at 60"]) == {"as built", "basic-opt", "no-spin"}
+    assert profile_decoder.main([str(engine), "--variants", "no-identity", "--out", str(out)]) == 2

@@ -37,3 +37,19 @@ def test_eight_threads_get_their_sequential_answers(engine, images):
         t.join()
     assert errors == []
     assert got == want
+
+
+def test_only_the_decoder_thread_pool_spins(engine):
+    """The vision graph runs once per request and the decoder's prefill follows on the same
+    cores: its pool must not spin after it (runtime/backends/onnxruntime.py ONE_SHOT); the
+    decoder's steps follow each other, so its pool keeps ONNX Runtime's default."""
+    pipe = Pipeline.from_dir(engine, backend="onnxruntime")
+
+    def spinning(session) -> str | None:
+        try:
+            return session.get_session_options().get_session_config_entry("session.intra_op.allow_spinning")
+        except RuntimeError:  # not set: ONNX Runtime's default, which spins
+            return None
+
+    assert spinning(pipe.vision.session) == "0"
+    assert spinning(pipe.decoder.session) is None
