@@ -2,7 +2,7 @@
 """Is a pruned vision graph slower than `none` for any reason other than the machine's load?
 ONNX Runtime's profiler on the exported graphs, grouped by what each node does.
 
-    python scripts/profile_vision.py [--model llava-1.5-7b] [--graphs none hivtp:64 hiprune:64 hivtp:64:matmul-mean]
+    python scripts/profile_vision.py [--model llava-1.5-7b] [--graphs none hivtp:64 hiprune:64 hivtp:64:reducemean]
         [--threads 2] [--reps 2] [--out benchmarks/results/vision_profile_cpu.json]
 
 Node names carry the module path the exporter traced (`/clip/encoder/layers.6/...`,
@@ -62,10 +62,10 @@ def category(event: dict) -> str:
 
 
 @contextlib.contextmanager
-def matmul_score_reduction():
-    """Experiment: the scored layers' mean over query rows as a (1, S) x (S, S) MatMul per head
-    (a GEMV that reads the probabilities once, contiguously), then the mean over heads, instead of
-    one ReduceMean over axes (1, 2). Only for measuring; the export itself is unchanged."""
+def reducemean_score_reduction():
+    """Comparison: the scored layers' mean over heads and query rows as one ReduceMean over axes
+    (1, 2) of the probability map, the form the export used before it became a GEMV per head
+    (PrunedVisionGraph._scored_attention). Only for measuring; the export itself is unchanged."""
     import torch
 
     from exporter import vision_graph
@@ -75,9 +75,7 @@ def matmul_score_reduction():
     def scored(self, attn, x, need_output):
         q, k, v = self._qkv(attn, x)
         probs = torch.softmax(torch.matmul(q, k.transpose(-1, -2)).float() * attn.scale, dim=-1)
-        rows = probs.shape[-2]
-        ones = torch.full((1, 1, 1, rows), 1.0 / rows, dtype=probs.dtype)
-        score = torch.matmul(ones, probs).mean(dim=1)[:, 0]  # (B, 1+N)
+        score = probs.mean(dim=(1, 2))  # (B, 1+N)
         out = self._merge(attn, torch.matmul(probs.to(v.dtype), v)) if need_output else None
         return out, score
 
@@ -96,8 +94,8 @@ def main(argv=None) -> int:
 
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--model", default="llava-1.5-7b")
-    p.add_argument("--graphs", nargs="+", default=["none", "hivtp:64", "hiprune:64", "hivtp:64:matmul-mean"],
-                   help="METHOD[:K[:matmul-mean]] (matmul-mean: the score-reduction experiment)")
+    p.add_argument("--graphs", nargs="+", default=["none", "hivtp:64", "hiprune:64", "hivtp:64:reducemean"],
+                   help="METHOD[:K[:reducemean]] (reducemean: the scores reduced by one ReduceMean, the earlier form)")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--reps", type=int, default=2)
     p.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "vision_profile_cpu.json")
@@ -117,7 +115,7 @@ def main(argv=None) -> int:
             cfg = make_config(method, int(keep) if keep else None, grid=parts.grid, num_layers=parts.num_layers)
             projection = load_visual_projection(loaded) if cfg.uses_prompt else None
             path = Path(tmp) / "vision.onnx"
-            with matmul_score_reduction() if variant == "matmul-mean" else contextlib.nullcontext():
+            with reducemean_score_reduction() if variant == "reducemean" else contextlib.nullcontext():
                 export_vision_onnx(parts, cfg, path, clip_projection=projection)
             feeds = {"pixel_values": pixels}
             if cfg.uses_prompt:
