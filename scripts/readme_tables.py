@@ -104,7 +104,14 @@ def _ratio(r: dict | None) -> str:
     return f"{t['median']:.3f} ({t['min']:.2f}-{t['max']:.2f})"
 
 
-def peers_table(data: dict) -> list[str]:
+def peers_table(file: str) -> Callable[[dict], list[str]]:
+    """The side-by-side table of one bench_peers.py result (the full sweep, or a longer run at fewer K)."""
+    def render(data: dict) -> list[str]:
+        return _peers_lines(file, data)
+    return render
+
+
+def _peers_lines(file: str, data: dict) -> list[str]:
     lines = []
     for model in data["models"]:
         lines += [f"**{model['model']}** ({model['image']['views']} view{'s' if model['image']['views'] > 1 else ''}, "
@@ -132,7 +139,7 @@ def peers_table(data: dict) -> list[str]:
                 f"{t['contender']} {t['what']} {t['value']:.3f} (<= {t['limit']}: {'met' if t['met'] else 'not met'})"
                 for t in met if t["value"] is not None) + ".")
         lines.append("")
-    return lines + [provenance("peers_cpu.json", data, f"paired ratios: median (min-max) over {data['rounds']} "
+    return lines + [provenance(file, data, f"paired ratios: median (min-max) over {data['rounds']} "
                                "alternating rounds")]
 
 
@@ -192,7 +199,8 @@ SECTIONS: dict[str, tuple[str, Callable[[dict], list[str]]]] = {
     "vision": ("vision_cpu_fp32.json", vision_table),
     "ttft": ("ttft_cpu.json", ttft_table("ttft_cpu.json")),
     "ttft-next": ("ttft_next_cpu.json", ttft_table("ttft_next_cpu.json", "K per image")),
-    "peers": ("peers_cpu.json", peers_table),
+    "peers": ("peers_cpu.json", peers_table("peers_cpu.json")),
+    "peers-k128": ("peers_k128_cpu.json", peers_table("peers_k128_cpu.json")),
     "decode": ("decode_cpu.json", decode_table),
     "quant-export": ("quant_export_7b.json", quant_export_table),
     "serve": ("serve_load_cpu.json", serve_table),

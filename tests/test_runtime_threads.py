@@ -39,17 +39,20 @@ def test_eight_threads_get_their_sequential_answers(engine, images):
     assert got == want
 
 
-def test_only_the_decoder_thread_pool_spins(engine):
+def test_one_shot_pools_stop_spinning_when_their_run_returns(engine):
     """The vision graph runs once per request and the decoder's prefill follows on the same
-    cores: its pool must not spin after it (runtime/backends/onnxruntime.py ONE_SHOT); the
-    decoder's steps follow each other, so its pool keeps ONNX Runtime's default."""
+    cores: its pool spins during its own run but must stop the moment the run returns
+    (runtime/backends/onnxruntime.py ONE_SHOT); the decoder's steps follow each other, so its
+    pool keeps ONNX Runtime's default (spinning between steps)."""
     pipe = Pipeline.from_dir(engine, backend="onnxruntime")
 
-    def spinning(session) -> str | None:
+    def entry(session, key: str) -> str | None:
         try:
-            return session.get_session_options().get_session_config_entry("session.intra_op.allow_spinning")
-        except RuntimeError:  # not set: ONNX Runtime's default, which spins
+            return session.get_session_options().get_session_config_entry(key)
+        except RuntimeError:  # not set: ONNX Runtime's default
             return None
 
-    assert spinning(pipe.vision.session) == "0"
-    assert spinning(pipe.decoder.session) is None
+    assert entry(pipe.vision.session, "session.intra_op.allow_spinning") == "1"
+    assert entry(pipe.vision.session, "session.force_spinning_stop") == "1"
+    assert entry(pipe.decoder.session, "session.intra_op.allow_spinning") is None
+    assert entry(pipe.decoder.session, "session.force_spinning_stop") is None

@@ -32,12 +32,14 @@ def matmulnbits_level(section) -> str:
 
 # Each session has its own intra-op thread pool, whose workers spin for a while after every
 # parallel section before they sleep. A request runs the text tower (HiPrune++), then the vision
-# graph once, and the decoder's prefill right after on the same cores: spinning vision workers
-# then take CPU from the prefill. So the one-shot graphs' pools do not spin; the decoder's does
-# (its steps follow each other, and it decodes 3-8 % faster spinning). Measured on the scaled
-# LLaVA-1.5 model, K = 128, 2 threads, 7 alternating rounds: TTFT 594 -> 546 ms (prefill 475 ->
-# 436), decode tokens/s unchanged (scripts/bench_ttft.py measures it).
-ONE_SHOT = {"session.intra_op.allow_spinning": "0"}
+# graph once, and the decoder's prefill right after on the same cores: vision workers still
+# spinning after the run would take CPU from the prefill (TTFT 594 -> 546 ms when they stopped;
+# scaled LLaVA-1.5, K = 128, 2 threads). Not spinning at all costs the vision graph itself ~5 %
+# (each of its ~300 nodes wakes a sleeping worker: 113 -> 106 ms median over 40 alternating runs),
+# so the one-shot graphs spin *during* their run and ONNX Runtime stops the spinning the moment
+# the run returns (`session.force_spinning_stop`, restarted by the next run). The decoder keeps
+# the default: its steps follow each other (3-8 % faster decode spinning).
+ONE_SHOT = {"session.intra_op.allow_spinning": "1", "session.force_spinning_stop": "1"}
 
 _ORT_TYPES = {"tensor(float)": "float32", "tensor(float16)": "float16", "tensor(int64)": "int64",
               "tensor(int32)": "int32", "tensor(bool)": "bool"}
