@@ -36,6 +36,19 @@ class InplaceKvCache:
         self.buffers = {past: allocate(self.shape, section.dtype) for past, _ in self.names}
         self.steps = 0
 
+    def reusable_for(self, batch: int) -> bool:
+        """Whether the next generation of `batch` rows can take these buffers as they are, and if
+        so restart them. Nothing needs clearing: each step's attention reads only the first
+        attention_mask-length positions, and the prefill writes all of those (padding included)
+        before anything reads them, so a previous generation's values are never seen. Keeping
+        the buffers saves allocating and faulting in (TensorRT: zero-filling on the host and
+        copying to the device) the whole cache on every request; the memory budget counts it as
+        resident anyway."""
+        if self.shape[0] != batch:
+            return False
+        self.steps = 0
+        return True
+
     def keep_rows(self, rows, take: Callable[[Any, Any], Any]) -> None:
         """Drop every batch row but `rows`; `take(buffer, rows)` returns a new buffer of those rows."""
         self.buffers = {past: take(buffer, rows) for past, buffer in self.buffers.items()}

@@ -165,6 +165,27 @@ def test_inplace_cache_gives_the_concat_decoders_tokens_over_128_steps(tiny, tmp
     assert np.abs(buffer[:, :, 20 + 127]).max() > 0 and not buffer[:, :, 20 + 128:].any()  # written in place
 
 
+def test_inplace_cache_buffers_are_reused_and_old_values_never_read(tiny, tmp_path):
+    """A new generation of the same batch size takes the previous one's buffers as they are (no
+    allocation, no zeroing: runtime/kv_cache.py reusable_for). A long generation leaves values
+    in positions that a shorter one after it never writes; its logits must still equal a fresh
+    decoder's exactly."""
+    work, section = _export(tiny, tmp_path, "reuse", max_output_len=40)
+    fresh_tokens, fresh_logits = _generate(_decoder(work, section), section, 8)
+    decoder = _decoder(work, section)
+    _generate(decoder, section, 35)
+    buffers = dict(decoder.cache.buffers)
+    tokens, logits = _generate(decoder, section, 8)
+    assert all(decoder.cache.buffers[name] is value for name, value in buffers.items())
+    np.testing.assert_array_equal(tokens, fresh_tokens)
+    np.testing.assert_array_equal(logits, fresh_logits)
+    # another batch size gets buffers of its own shape, and the same answers as a fresh decoder
+    one_tokens, _ = _generate(_decoder(work, section), section, 8, batch=1)
+    tokens, _ = _generate(decoder, section, 8, batch=1)
+    assert next(iter(decoder.cache.buffers.values())).numpy().shape[0] == 1
+    np.testing.assert_array_equal(tokens, one_tokens)
+
+
 def test_inplace_cache_refuses_to_overflow(tiny, tmp_path):
     from runtime.errors import UserError
 

@@ -125,12 +125,16 @@ class OrtDecoder(StepDecoder):
         self._arrays: dict[int, np.ndarray] = {}  # the numpy memory under each in-place cache OrtValue
 
     def start(self, batch: int) -> None:
-        self._arrays.clear()
         if self.sec.kv_cache == "inplace":
             from ..kv_cache import InplaceKvCache
 
+            if self.cache is not None and self.cache.reusable_for(batch):
+                return
+            self.cache = None  # the old OrtValues go before the memory under them
+            self._arrays.clear()
             self.cache = InplaceKvCache(self.sec, batch, lambda shape, dtype: self._ortvalue(np.zeros(shape, _NP[dtype])))
             return
+        self._arrays.clear()
         shape = (batch, self.sec.num_kv_heads, 0, self.sec.head_dim)
         self.past = {past: np.zeros(shape, self.dtype) for past, _ in self.kv}
 

@@ -163,6 +163,10 @@ class TrtDecoder(StepDecoder):
         if self.sec.kv_cache == "inplace":
             from ..kv_cache import InplaceKvCache
 
+            if self.cache is not None and self.cache.reusable_for(batch):
+                return
+            self.cache = None  # free the old device buffers before allocating new ones
+
             def allocate(shape, dtype):
                 return cuda.DeviceArray.from_host(np.zeros(shape, dtype), self.engine.stream)
 
