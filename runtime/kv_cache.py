@@ -36,9 +36,9 @@ class InplaceKvCache:
         self.buffers = {past: allocate(self.shape, section.dtype) for past, _ in self.names}
         self.steps = 0
 
-    def reusable_for(self, batch: int) -> bool:
-        """Whether the next generation of `batch` rows can take these buffers as they are, and if
-        so restart them. Nothing needs clearing: each step's attention reads only the first
+    def restart_for(self, batch: int) -> bool:
+        """Restart these buffers for the next generation if it has `batch` rows (True), else leave
+        them (False: the caller allocates new ones). Nothing needs clearing: each step's attention reads only the first
         attention_mask-length positions, and the prefill writes all of those (padding included)
         before anything reads them, so a previous generation's values are never seen. Keeping
         the buffers saves allocating and faulting in (TensorRT: zero-filling on the host and

@@ -167,7 +167,7 @@ def test_inplace_cache_gives_the_concat_decoders_tokens_over_128_steps(tiny, tmp
 
 def test_inplace_cache_buffers_are_reused_and_old_values_never_read(tiny, tmp_path):
     """A new generation of the same batch size takes the previous one's buffers as they are (no
-    allocation, no zeroing: runtime/kv_cache.py reusable_for). A long generation leaves values
+    allocation, no zeroing: runtime/kv_cache.py restart_for). A long generation leaves values
     in positions that a shorter one after it never writes; its logits must still equal a fresh
     decoder's exactly."""
     work, section = _export(tiny, tmp_path, "reuse", max_output_len=40)

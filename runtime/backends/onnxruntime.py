@@ -128,7 +128,7 @@ class OrtDecoder(StepDecoder):
         if self.sec.kv_cache == "inplace":
             from ..kv_cache import InplaceKvCache
 
-            if self.cache is not None and self.cache.reusable_for(batch):
+            if self.cache is not None and self.cache.restart_for(batch):
                 return
             self.cache = None  # the old OrtValues go before the memory under them
             self._arrays.clear()

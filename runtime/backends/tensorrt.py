@@ -163,7 +163,7 @@ class TrtDecoder(StepDecoder):
         if self.sec.kv_cache == "inplace":
             from ..kv_cache import InplaceKvCache
 
-            if self.cache is not None and self.cache.reusable_for(batch):
+            if self.cache is not None and self.cache.restart_for(batch):
                 return
             self.cache = None  # free the old device buffers before allocating new ones
 
